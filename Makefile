@@ -1,0 +1,43 @@
+# The two commands a newcomer needs are `make run` and `make test` (see README).
+PYTHON ?= python3
+STAMP := .stack/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run serve demo test test-fast stop status bench typecheck
+
+# Idempotent: pip runs only when pyproject.toml changed; servers and jars are
+# installed by `python -m infra` itself when missing.
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	mkdir -p .stack && rm -f .stack/.installed-* && touch $(STAMP)
+
+run: install
+	$(PYTHON) -m infra up
+	$(PYTHON) -m ctxpipe serve --demo
+
+serve: install
+	$(PYTHON) -m infra up
+	$(PYTHON) -m ctxpipe serve
+
+demo: install
+	$(PYTHON) -m ctxpipe demo
+
+test: install
+	$(PYTHON) -m pytest
+
+test-fast: install
+	$(PYTHON) -m pytest -m "not stack and not slow"
+
+stop:
+	$(PYTHON) -m infra down
+
+status:
+	$(PYTHON) -m infra status
+
+typecheck: install
+	$(PYTHON) -m mypy
+
+bench: install
+	$(PYTHON) bench/ingest_throughput.py

@@ -1,0 +1,1 @@
+"""ctxpipe: a streaming context pipeline."""

@@ -1,0 +1,86 @@
+"""Helpers for tests that talk to the local stack (used by tests/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ctxpipe.settings import S3Settings, Settings
+from infra.exceptions import StackError
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    """A port nobody holds right now (bind port 0), never a hard-coded one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def isolated_stack_settings(base: Settings, home: Path) -> Settings:
+    """Settings for a second, throwaway stack: own home and free ports, shared jar cache."""
+    return base.model_copy(
+        update={
+            "stack": base.stack.model_copy(
+                update={"home": home, "jars_dir": base.stack.jars, "kafka_heap": "256m"}
+            ),
+            "redis": base.redis.model_copy(update={"url": f"redis://127.0.0.1:{free_port()}/0"}),
+            "s3": base.s3.model_copy(update={"endpoint_url": f"http://127.0.0.1:{free_port()}"}),
+            "kafka": base.kafka.model_copy(
+                update={
+                    "bootstrap_servers": f"127.0.0.1:{free_port()}",
+                    "controller_port": free_port(),
+                }
+            ),
+        }
+    )
+
+
+# Any: typed S3 clients need mypy-boto3-s3, which the project does not install.
+def s3_client(s3: S3Settings) -> Any:
+    """A boto3 client for the local S3 endpoint (path-style, as S3Proxy needs)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+        aws_access_key_id=s3.access_key_id.get_secret_value(),
+        aws_secret_access_key=s3.secret_access_key.get_secret_value(),
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
+    )
+
+
+def check_created(topic_errors: list[tuple[str, int, str | None]]) -> None:
+    """aiokafka's create_topics reports per-topic errors instead of raising."""
+    failed = [f"{topic}: {msg or code}" for topic, code, msg in topic_errors if code != 0]
+    if failed:
+        raise StackError(f"could not create topics: {'; '.join(failed)}")
+
+
+async def wait_for_topics(admin: Any, topics: list[str], partitions: int, timeout_s: float = 30.0) -> None:
+    """Wait until every partition of ``topics`` has a leader: right after create_topics the
+    metadata still shows them without partitions, and a first produce would have to retry."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        described = await admin.describe_topics(topics)
+        ready = [
+            t for t in described
+            if t["error_code"] == 0
+            and len(t["partitions"]) == partitions
+            and all(p["leader"] >= 0 for p in t["partitions"])
+        ]
+        if len(ready) == len(topics):
+            return
+        if loop.time() >= deadline:
+            raise StackError(f"topics {topics} had no partition leaders after {timeout_s:.0f}s")
+        await asyncio.sleep(0.1)
