@@ -1,0 +1,496 @@
+"""Redis hot tier: the recent items of each (tenant, scope), in Kafka order.
+
+Key layout (tenant and scope are percent-encoded so a ``:`` in them cannot make two
+tenants' keys collide; every tenant key starts with ``{prefix}:{tenant}:``)::
+
+    {p}:{tenant}:s:{scope}:items   ZSET  member -> score     recent items (capped)
+    {p}:{tenant}:s:{scope}:facts   ZSET  member -> score     facts (never trimmed by the cap)
+    {p}:{tenant}:s:{scope}:data    HASH  member -> Chunk JSON
+    {p}:{tenant}:s:{scope}:src     HASH  member -> "{version}:{source_id}" (for remove_source)
+    {p}:{tenant}:s:{scope}:meta    HASH  watermark (partition, offset, at) + created
+    {p}::applied:{topic}           HASH  partition -> highest applied offset (no tenant:
+                                         the empty segment cannot be a tenant)
+    {p}:emb:{model}:{hash}         STRING float32 vector (shared across tenants: keyed by
+                                         content hash, so it reveals nothing per tenant)
+
+Score is the event's Kafka offset (one scope lives on one partition, so offset order is
+the scope's order); the member is ``{index:08d}:{chunk_id}`` so the chunks of one event
+(same offset) sort by index. All keys of a scope get the same TTL on every write, so they
+expire together and ``exists`` can tell the assembly service to read through from S3.
+
+Writes are Lua scripts inside one MULTI/EXEC, so a crash never leaves half an upsert and
+trimming the cap never leaves orphan data.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from array import array
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+from urllib.parse import quote
+
+import orjson
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis import exceptions as redis_errors
+
+from ctxpipe.settings import RedisSettings
+from processors.types import Chunk
+from storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
+from streams.events import EventKind
+
+_TIER: Final = "hot"
+# Lua 5.1's unpack() is limited by its C stack (~8000); stay well under it.
+_SLICE: Final = 1000
+# Vectors are content-addressed, so they never go stale; the TTL only bounds memory.
+DEFAULT_EMBEDDING_TTL_S: Final = 30 * 24 * 3600
+_MGET_BATCH: Final = 500
+
+# KEYS: items, facts, data, src, meta
+# ARGV: ttl, cap, wm_partition, wm_offset (-1: none), now, then (zset 'i'|'f', score,
+#       member, json, src) per item
+_UPSERT_LUA: Final = """
+local ttl = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+for i = 6, #ARGV, 5 do
+  local member = ARGV[i + 2]
+  redis.call('HSET', KEYS[3], member, ARGV[i + 3])
+  redis.call('HSET', KEYS[4], member, ARGV[i + 4])
+  -- ZREM from the other set: a chunk id that changed kind must not sit in both.
+  if ARGV[i] == 'f' then
+    redis.call('ZADD', KEYS[2], ARGV[i + 1], member)
+    redis.call('ZREM', KEYS[1], member)
+  else
+    redis.call('ZADD', KEYS[1], ARGV[i + 1], member)
+    redis.call('ZREM', KEYS[2], member)
+  end
+end
+local trimmed = 0
+local n = redis.call('ZCARD', KEYS[1])
+if n > cap then
+  local old = redis.call('ZRANGE', KEYS[1], 0, n - cap - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - cap - 1)
+  for j = 1, #old, 1000 do
+    local last = math.min(j + 999, #old)
+    redis.call('HDEL', KEYS[3], unpack(old, j, last))
+    redis.call('HDEL', KEYS[4], unpack(old, j, last))
+  end
+  trimmed = #old
+end
+local off = tonumber(ARGV[4])
+if off >= 0 then
+  local cur = tonumber(redis.call('HGET', KEYS[5], 'offset') or '-1')
+  -- Offsets of different partitions are not comparable: a scope that moved partition
+  -- (topic re-partitioned) starts its watermark again.
+  if off > cur or redis.call('HGET', KEYS[5], 'partition') ~= ARGV[3] then
+    redis.call('HSET', KEYS[5], 'partition', ARGV[3], 'offset', ARGV[4], 'at', ARGV[5])
+  end
+end
+redis.call('HSETNX', KEYS[5], 'created', ARGV[5])
+for k = 1, 5 do
+  redis.call('EXPIRE', KEYS[k], ttl)
+end
+return trimmed
+"""
+
+# KEYS: items, facts, data, src, meta.  ARGV: source_id, keep_version ('' = none), ttl
+_REMOVE_SOURCE_LUA: Final = """
+local all = redis.call('HGETALL', KEYS[4])
+local dead = {}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local sep = string.find(v, ':', 1, true)
+  if sep and string.sub(v, sep + 1) == ARGV[1] then
+    if ARGV[2] == '' or string.sub(v, 1, sep - 1) ~= ARGV[2] then
+      dead[#dead + 1] = all[i]
+    end
+  end
+end
+for j = 1, #dead, 1000 do
+  local last = math.min(j + 999, #dead)
+  redis.call('ZREM', KEYS[1], unpack(dead, j, last))
+  redis.call('ZREM', KEYS[2], unpack(dead, j, last))
+  redis.call('HDEL', KEYS[3], unpack(dead, j, last))
+  redis.call('HDEL', KEYS[4], unpack(dead, j, last))
+end
+if #dead > 0 then
+  for k = 1, 5 do
+    redis.call('EXPIRE', KEYS[k], tonumber(ARGV[3]))
+  end
+end
+return #dead
+"""
+
+# KEYS: zset, data.  ARGV: limit (0 = all).  One script so a concurrent trim cannot
+# remove data between reading the order and reading the items.
+_READ_LUA: Final = """
+local limit = tonumber(ARGV[1])
+local m
+if limit > 0 then
+  m = redis.call('ZRANGE', KEYS[1], -limit, -1)
+else
+  m = redis.call('ZRANGE', KEYS[1], 0, -1)
+end
+local out = {}
+for j = 1, #m, 1000 do
+  local vals = redis.call('HMGET', KEYS[2], unpack(m, j, math.min(j + 999, #m)))
+  for _, v in ipairs(vals) do
+    if v then out[#out + 1] = v end
+  end
+end
+return out
+"""
+
+# KEYS: applied hash.  ARGV: partition, offset pairs.  Offsets only move forward, so a
+# late or replayed writer can never make a sink re-apply what it already applied.
+_APPLIED_LUA: Final = """
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > cur then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """The highest Kafka position applied to a scope, and when (wall clock, epoch s)."""
+
+    partition: int
+    offset: int
+    updated_at: float
+
+
+def _seg(value: str, what: str) -> str:
+    if not value:
+        raise ValueError(f"{what} must be non-empty")
+    # safe="" also encodes ':' and '{' so segments cannot forge another key or a hash tag.
+    return quote(value, safe="")
+
+
+def _member(chunk: Chunk) -> str:
+    return f"{chunk.index:08d}:{chunk.chunk_id}"
+
+
+def _score(chunk: Chunk) -> float:
+    # Kafka offset when there is one (exact in a float up to 2**53); otherwise the event
+    # time in ms. Do not mix both in one scope: ms timestamps sort after any offset.
+    if chunk.offset >= 0:
+        return float(chunk.offset)
+    return chunk.occurred_at.timestamp() * 1000.0
+
+
+@asynccontextmanager
+async def translate_redis_errors(operation: str) -> AsyncIterator[None]:
+    """Translate redis-py errors into storage errors at the store boundary."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, TimeoutError, OSError) as exc:
+        raise StorageUnavailableError(repr(exc), tier=_TIER, operation=operation) from exc
+    except redis_errors.RedisError as exc:
+        raise StorageError(repr(exc), tier=_TIER, operation=operation) from exc
+
+
+def _client_from(settings: RedisSettings) -> aioredis.Redis:
+    password = settings.password.get_secret_value() if settings.password else None
+    # Bytes in, bytes out: values are orjson bytes and float32 blobs, never text.
+    return aioredis.Redis.from_url(settings.url, password=password, decode_responses=False)
+
+
+class _RedisOwner:
+    """Owns the client when it created it; a shared client is left for its owner to close."""
+
+    def __init__(self, settings: RedisSettings, client: aioredis.Redis | None) -> None:
+        self.settings = settings
+        self._owns_client = client is None
+        self.client: aioredis.Redis = client if client is not None else _client_from(settings)
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def ping(self) -> bool:
+        async with translate_redis_errors("ping"):
+            return bool(await self.client.ping())
+
+
+class HotStore(_RedisOwner):
+    """Recent items, facts and watermarks per (tenant, scope) in Redis."""
+
+    def __init__(self, settings: RedisSettings, client: aioredis.Redis | None = None) -> None:
+        super().__init__(settings, client)
+        self._upsert = self.client.register_script(_UPSERT_LUA)
+        self._remove = self.client.register_script(_REMOVE_SOURCE_LUA)
+        self._read = self.client.register_script(_READ_LUA)
+        self._applied = self.client.register_script(_APPLIED_LUA)
+
+    # -- keys ---------------------------------------------------------------------------
+
+    def tenant_prefix(self, tenant: str) -> str:
+        return f"{self.settings.key_prefix}:{_seg(tenant, 'tenant')}:"
+
+    def _scope_keys(self, tenant: str, scope: str) -> list[str]:
+        base = f"{self.tenant_prefix(tenant)}s:{_seg(scope, 'scope')}:"
+        return [base + name for name in ("items", "facts", "data", "src", "meta")]
+
+    def _applied_key(self, topic: str) -> str:
+        return f"{self.settings.key_prefix}::applied:{_seg(topic, 'topic')}"
+
+    # -- writes -------------------------------------------------------------------------
+
+    async def upsert_items(
+        self,
+        chunks: Iterable[Chunk],
+        *,
+        applied_offsets: Mapping[int, int] | None = None,
+        topic: str = "default",
+    ) -> int:
+        """Insert or replace chunks (same chunk_id = same item) and raise each scope's
+        watermark to its highest chunk offset. With ``applied_offsets`` the sink's
+        bookkeeping is written in the same transaction, so "applied" and "written"
+        cannot disagree after a crash. Returns how many old items the cap trimmed."""
+        groups: dict[tuple[str, str], list[Chunk]] = defaultdict(list)
+        for chunk in chunks:
+            groups[(chunk.tenant, chunk.scope)].append(chunk)
+        if not groups and not applied_offsets:
+            return 0
+        now = repr(time.time())
+        async with translate_redis_errors("upsert_items"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                for (tenant, scope), group in groups.items():
+                    with_offset = [c for c in group if c.offset >= 0]
+                    top = max(with_offset, key=lambda c: c.offset, default=None)
+                    args: list[str | int | float | bytes] = [
+                        self.settings.hot_ttl_s,
+                        self.settings.hot_max_items,
+                        top.partition if top else -1,
+                        top.offset if top else -1,
+                        now,
+                    ]
+                    for c in group:
+                        args += [
+                            "f" if c.kind is EventKind.FACT else "i",
+                            _score(c),
+                            _member(c),
+                            orjson.dumps(c.model_dump(mode="json")),
+                            f"{c.version}:{c.source_id}",
+                        ]
+                    await self._upsert(keys=self._scope_keys(tenant, scope), args=args, client=pipe)
+                if applied_offsets:
+                    await self._queue_applied(pipe, applied_offsets, topic)
+                results: list[Any] = await pipe.execute()
+        return sum(int(r) for r in results[: len(groups)])
+
+    async def remove_source(
+        self, tenant: str, scope: str, source_id: str, keep_version: int | None = None
+    ) -> int:
+        """Remove every item of ``source_id`` (a document's versions, or an event),
+        except those of ``keep_version``. Returns how many items were removed."""
+        keys = self._scope_keys(tenant, scope)
+        keep = "" if keep_version is None else str(keep_version)
+        async with translate_redis_errors("remove_source"):
+            removed = await self._remove(
+                keys=keys, args=[source_id, keep, self.settings.hot_ttl_s]
+            )
+        return int(removed)
+
+    async def delete_scope(self, tenant: str, scope: str) -> None:
+        """Drop everything of one scope (tenant offboarding, tests)."""
+        async with translate_redis_errors("delete_scope"):
+            await self.client.delete(*self._scope_keys(tenant, scope))
+
+    async def set_watermark(
+        self, tenant: str, scope: str, partition: int, offset: int, at: float | None = None
+    ) -> None:
+        """Record that ``offset`` was applied to the scope even when it produced no items
+        (a delete, a rejected event). Only moves forward within a partition."""
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        stamp = repr(time.time() if at is None else at)
+        async with translate_redis_errors("set_watermark"):
+            await self._upsert(
+                keys=self._scope_keys(tenant, scope),
+                args=[self.settings.hot_ttl_s, self.settings.hot_max_items, partition, offset, stamp],
+            )
+
+    async def set_applied_offsets(self, offsets: Mapping[int, int], *, topic: str = "default") -> None:
+        """Raise the per-partition "applied up to" offsets of a sink (never lowers them)."""
+        if not offsets:
+            return
+        async with translate_redis_errors("set_applied_offsets"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                await self._queue_applied(pipe, offsets, topic)
+                await pipe.execute()
+
+    async def _queue_applied(
+        self, pipe: aioredis.client.Pipeline, offsets: Mapping[int, int], topic: str
+    ) -> None:
+        args: list[int] = []
+        for partition, offset in offsets.items():
+            args += [partition, offset]
+        await self._applied(keys=[self._applied_key(topic)], args=args, client=pipe)
+
+    # -- reads --------------------------------------------------------------------------
+
+    async def recent(self, tenant: str, scope: str, limit: int | None = None) -> list[Chunk]:
+        """The newest ``limit`` items (facts excluded), oldest first."""
+        if limit is not None and limit <= 0:
+            return []
+        items, _, data, _, _ = self._scope_keys(tenant, scope)
+        return await self._read_zset(items, data, limit or 0, "recent")
+
+    async def facts(self, tenant: str, scope: str) -> list[Chunk]:
+        """All fact items of the scope, oldest first."""
+        _, facts, data, _, _ = self._scope_keys(tenant, scope)
+        return await self._read_zset(facts, data, 0, "facts")
+
+    async def count(self, tenant: str, scope: str) -> tuple[int, int]:
+        """(recent items, facts) currently held."""
+        items, facts, _, _, _ = self._scope_keys(tenant, scope)
+        async with translate_redis_errors("count"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.zcard(items)
+                pipe.zcard(facts)
+                n_items, n_facts = await pipe.execute()
+        return int(n_items), int(n_facts)
+
+    async def exists(self, tenant: str, scope: str) -> bool:
+        """False when the scope was never written or has expired: read through from cold."""
+        items, facts, _, _, meta = self._scope_keys(tenant, scope)
+        async with translate_redis_errors("exists"):
+            return int(await self.client.exists(items, facts, meta)) > 0
+
+    async def ttl(self, tenant: str, scope: str) -> int:
+        """Seconds left before the scope expires (-2: gone, -1: no TTL)."""
+        meta = self._scope_keys(tenant, scope)[4]
+        async with translate_redis_errors("ttl"):
+            return int(await self.client.ttl(meta))
+
+    async def watermark(self, tenant: str, scope: str) -> Watermark | None:
+        meta = self._scope_keys(tenant, scope)[4]
+        async with translate_redis_errors("watermark"):
+            raw = _as_bytes_map(await self.client.hgetall(meta))
+        if b"offset" not in raw:
+            return None
+        try:
+            return Watermark(
+                partition=int(raw[b"partition"]),
+                offset=int(raw[b"offset"]),
+                updated_at=float(raw[b"at"]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise StorageDataError(f"bad watermark in {meta}", tier=_TIER, operation="watermark") from exc
+
+    async def applied_offset(self, partition: int, *, topic: str = "default") -> int | None:
+        """The highest offset of ``partition`` a sink recorded as applied, if any."""
+        async with translate_redis_errors("applied_offset"):
+            raw = await self.client.hget(self._applied_key(topic), str(partition))
+        return None if raw is None else int(raw)
+
+    async def applied_offsets(self, *, topic: str = "default") -> dict[int, int]:
+        async with translate_redis_errors("applied_offsets"):
+            raw = await self.client.hgetall(self._applied_key(topic))
+        return {int(k): int(v) for k, v in raw.items()}
+
+    async def _read_zset(self, zset: str, data: str, limit: int, operation: str) -> list[Chunk]:
+        async with translate_redis_errors(operation):
+            raw: list[bytes] = await self._read(keys=[zset, data], args=[limit])
+        try:
+            return [Chunk.model_validate_json(blob) for blob in raw]
+        except ValidationError as exc:
+            raise StorageDataError(f"undecodable item under {data}", tier=_TIER, operation=operation) from exc
+
+
+class EmbeddingCacheRedis(_RedisOwner):
+    """Content-hash -> vector cache shared by all tenants, one namespace per model.
+
+    Vectors are stored as little-endian float32 (4 bytes a dimension instead of ~20 as
+    JSON); what comes back is the float32 rounding of what went in.
+    """
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        model: str,
+        client: aioredis.Redis | None = None,
+        *,
+        ttl_s: int = DEFAULT_EMBEDDING_TTL_S,
+    ) -> None:
+        super().__init__(settings, client)
+        self.model = model
+        self.ttl_s = ttl_s
+        self._prefix = f"{settings.key_prefix}:emb:{_seg(model, 'model')}:"
+
+    def key(self, content_hash: str) -> str:
+        return self._prefix + content_hash
+
+    async def get_many(self, hashes: Sequence[str]) -> dict[str, list[float]]:
+        """The cached vectors among ``hashes``; misses are simply absent."""
+        unique = list(dict.fromkeys(hashes))
+        found: dict[str, list[float]] = {}
+        async with translate_redis_errors("embedding_get_many"):
+            for start in range(0, len(unique), _MGET_BATCH):
+                part = unique[start : start + _MGET_BATCH]
+                blobs = await self.client.mget([self.key(h) for h in part])
+                for h, blob in zip(part, blobs, strict=True):
+                    if blob is not None:
+                        found[h] = _unpack(_as_bytes(blob), self.key(h))
+        return found
+
+    async def put_many(self, vectors: Mapping[str, Sequence[float]]) -> None:
+        if not vectors:
+            return
+        items = list(vectors.items())
+        async with translate_redis_errors("embedding_put_many"):
+            for start in range(0, len(items), _MGET_BATCH):
+                # No MULTI: each entry is independent and a partial write is just a
+                # smaller cache.
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for h, vector in items[start : start + _MGET_BATCH]:
+                        pipe.set(self.key(h), _pack(vector), ex=self.ttl_s)
+                    await pipe.execute()
+
+
+def _pack(vector: Sequence[float]) -> bytes:
+    arr = array("f", vector)
+    if sys.byteorder == "big":
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _as_bytes(value: bytes | str) -> bytes:
+    # The client is built with decode_responses=False; a shared client might not be.
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def _as_bytes_map(raw: Mapping[bytes | str, bytes | str]) -> dict[bytes, bytes]:
+    return {_as_bytes(k): _as_bytes(v) for k, v in raw.items()}
+
+
+def _unpack(blob: bytes, key: str) -> list[float]:
+    if len(blob) % 4:
+        raise StorageDataError(f"{key} is not a float32 vector", tier=_TIER, operation="embedding_get_many")
+    arr = array("f")
+    arr.frombytes(blob)
+    if sys.byteorder == "big":
+        arr.byteswap()
+    return arr.tolist()

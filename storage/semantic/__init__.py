@@ -1,0 +1,58 @@
+"""Semantic tier: chunks with a dense vector and a BM25 sparse vector, hybrid-searched.
+
+``open_semantic_store(settings.qdrant, settings.embedding.dimension)`` gives the backend the
+settings ask for: Qdrant Edge in-process (default; one process per shard) or a Qdrant
+server (several workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from qdrant_client import AsyncQdrantClient
+
+from ctxpipe.settings import QdrantSettings
+from storage.semantic.base import SemanticHit, SemanticStore
+from storage.semantic.edge import EdgeSemanticStore
+from storage.semantic.exceptions import (
+    SemanticQueryError,
+    SemanticSchemaError,
+    SemanticStoreClosed,
+    SemanticStoreError,
+    SemanticStoreLocked,
+    SemanticStoreUnavailable,
+)
+from storage.semantic.server import ServerSemanticStore
+from storage.semantic.sparse import Bm25Encoder, SparseEmbedding
+
+__all__ = [
+    "Bm25Encoder",
+    "EdgeSemanticStore",
+    "SemanticHit",
+    "SemanticQueryError",
+    "SemanticSchemaError",
+    "SemanticStore",
+    "SemanticStoreClosed",
+    "SemanticStoreError",
+    "SemanticStoreLocked",
+    "SemanticStoreUnavailable",
+    "ServerSemanticStore",
+    "SparseEmbedding",
+    "open_semantic_store",
+]
+
+
+async def open_semantic_store(settings: QdrantSettings, dimension: int) -> SemanticStore:
+    """Open (creating if needed) the store; close it with ``await store.close()``."""
+    if settings.mode == "edge":
+        # Loading segments is disk work: keep it off the event loop.
+        return await asyncio.to_thread(EdgeSemanticStore.open, settings.edge_path, dimension)
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    # No client/server version probe: it runs in a background thread at construction and
+    # only warns; ensure_collection() checks what we rely on (the collection's schema).
+    client = AsyncQdrantClient(url=settings.url, api_key=api_key, check_compatibility=False)
+    try:
+        return await ServerSemanticStore.open(client, settings.collection, dimension)
+    except BaseException:
+        await client.close()
+        raise

@@ -1,0 +1,226 @@
+"""The semantic tier's interface, its result type and what both backends share.
+
+Every method is async: the store lives in an asyncio worker and an asyncio API. The Edge
+backend runs its (fast, GIL-releasing) engine calls in a thread so a large upsert never
+stalls the event loop; the server backend uses ``AsyncQdrantClient``.
+
+Tenant isolation is enforced here, not by callers: ``search`` and ``count`` take the
+tenant as a required argument and refuse an empty one, and every backend puts the tenant
+(and scopes) into the filter of *each* prefetch, so no candidate of another tenant is
+ever scored, fused or returned.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Final
+
+from processors.types import Chunk, EmbeddedChunk
+from storage.semantic.exceptions import SemanticQueryError
+from storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder, SparseEmbedding
+from streams.events import EventKind, Role
+
+DENSE: Final = "dense"
+SPARSE: Final = "bm25"
+# Payload fields with an index: tenant/scope filter every query, source_id drives deletes,
+# kind is an optional search filter.
+KEYWORD_INDEXES: Final = ("tenant", "scope", "source_id", "kind")
+# RRF constant: 60 is the value from the RRF paper; both backends use the same so they rank alike.
+RRF_K: Final = 60
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticHit:
+    chunk: Chunk
+    # RRF score for hybrid queries, cosine similarity for dense-only ones; only the
+    # order is meaningful across queries.
+    score: float
+    model: str
+
+
+def chunk_payload(item: EmbeddedChunk) -> dict[str, Any]:
+    """The stored payload: everything needed to rebuild the Chunk, flat for filtering."""
+    c = item.chunk
+    return {
+        "tenant": c.tenant,
+        "scope": c.scope,
+        "event_id": c.event_id,
+        "source_id": c.source_id,
+        "doc_id": c.doc_id,
+        "version": c.version,
+        "kind": c.kind.value,
+        "role": c.role.value if c.role is not None else None,
+        "index": c.index,
+        "text": c.text,
+        "tokens": c.tokens,
+        # Epoch seconds for range filters and ordering, ISO to rebuild the exact datetime
+        # (with its original offset).
+        "occurred_at": c.occurred_at.timestamp(),
+        "occurred_at_iso": c.occurred_at.isoformat(),
+        "metadata": c.metadata,
+        "partition": c.partition,
+        "offset": c.offset,
+        "model": item.model,
+    }
+
+
+def chunk_from_payload(point_id: object, payload: dict[str, Any]) -> Chunk:
+    role = payload.get("role")
+    return Chunk(
+        chunk_id=str(point_id),  # Edge hands back uuid.UUID, the client a str
+        tenant=payload["tenant"],
+        scope=payload["scope"],
+        event_id=payload["event_id"],
+        source_id=payload["source_id"],
+        kind=EventKind(payload["kind"]),
+        role=Role(role) if role is not None else None,
+        doc_id=payload.get("doc_id"),
+        version=payload["version"],
+        index=payload["index"],
+        text=payload["text"],
+        tokens=payload["tokens"],
+        occurred_at=datetime.fromisoformat(payload["occurred_at_iso"]),
+        metadata=payload["metadata"],
+        partition=payload["partition"],
+        offset=payload["offset"],
+    )
+
+
+def hit_from_payload(point_id: object, score: float, payload: dict[str, Any]) -> SemanticHit:
+    return SemanticHit(chunk_from_payload(point_id, payload), score, str(payload["model"]))
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSpec:
+    """A validated search, in engine-neutral terms, handed to the backend."""
+
+    tenant: str
+    scopes: list[str]
+    vector: list[float]
+    sparse: SparseEmbedding
+    limit: int
+    # Candidates each prefetch brings to the fusion; more than `limit` so a document
+    # ranked low by one signal can still be lifted by the other.
+    prefetch_limit: int
+    kinds: list[str] | None
+
+
+class SemanticStore(ABC):
+    """Dense + BM25 chunk index. Subclasses implement the ``_``-prefixed engine calls."""
+
+    def __init__(self, dimension: int, encoder: Bm25Encoder = DEFAULT_ENCODER) -> None:
+        if dimension <= 0:
+            raise SemanticQueryError(f"vector dimension must be positive, got {dimension}")
+        self.dimension = dimension
+        self.encoder = encoder
+
+    # -- public API ---------------------------------------------------------------------
+
+    async def upsert(self, chunks: Sequence[EmbeddedChunk]) -> None:
+        """Insert or overwrite chunks; the point id is ``chunk_id``, so replays overwrite."""
+        if not chunks:
+            return
+        for item in chunks:
+            self._check_vector(item.vector)
+            _check_tenant(item.chunk.tenant)
+        await self._upsert(chunks)
+
+    async def delete_source(
+        self, tenant: str, source_id: str, keep_version: int | None = None
+    ) -> None:
+        """Remove every chunk of ``source_id`` (all versions but ``keep_version`` if given)."""
+        _check_tenant(tenant)
+        if not source_id:
+            raise SemanticQueryError("delete_source needs a source_id")
+        await self._delete_source(tenant, source_id, keep_version)
+
+    async def search(
+        self,
+        tenant: str,
+        scopes: Sequence[str],
+        vector: Sequence[float],
+        query_text: str,
+        limit: int,
+        kinds: Sequence[EventKind | str] | None = None,
+    ) -> list[SemanticHit]:
+        """Hybrid search (dense + BM25, RRF-fused) within one tenant and the given scopes.
+
+        An empty ``query_text`` (or one made only of stopwords) falls back to dense only.
+        """
+        _check_tenant(tenant)
+        if isinstance(scopes, str) or not scopes or not all(scopes):
+            # A bare str is a Sequence too: "abc" would silently become scopes a, b, c.
+            raise SemanticQueryError("search needs a non-empty list of scopes")
+        if limit <= 0:
+            raise SemanticQueryError(f"limit must be positive, got {limit}")
+        self._check_vector(vector)
+        spec = SearchSpec(
+            tenant=tenant,
+            scopes=list(scopes),
+            vector=[float(x) for x in vector],
+            sparse=self.encoder.embed_query(query_text),
+            limit=limit,
+            prefetch_limit=max(limit * 4, 50),
+            kinds=[str(k) for k in kinds] if kinds else None,
+        )
+        return await self._search(spec)
+
+    async def count(self, tenant: str, scope: str | None = None) -> int:
+        _check_tenant(tenant)
+        return await self._count(tenant, scope)
+
+    @abstractmethod
+    async def get(self, chunk_ids: Sequence[str]) -> list[Chunk]:
+        """The chunks with these ids that exist, in no particular order (tests, debugging)."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Make everything written so far durable."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush and release the engine (Edge: the shard lock). Idempotent."""
+
+    async def __aenter__(self) -> SemanticStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- backend hooks ------------------------------------------------------------------
+
+    @abstractmethod
+    async def _upsert(self, chunks: Sequence[EmbeddedChunk]) -> None: ...
+
+    @abstractmethod
+    async def _delete_source(
+        self, tenant: str, source_id: str, keep_version: int | None
+    ) -> None: ...
+
+    @abstractmethod
+    async def _search(self, spec: SearchSpec) -> list[SemanticHit]: ...
+
+    @abstractmethod
+    async def _count(self, tenant: str, scope: str | None) -> int: ...
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _check_vector(self, vector: Sequence[float]) -> None:
+        if len(vector) != self.dimension:
+            raise SemanticQueryError(
+                f"vector has {len(vector)} dimensions, the store expects {self.dimension}"
+            )
+
+
+def _check_tenant(tenant: str) -> None:
+    if not tenant:
+        raise SemanticQueryError("a tenant is required")

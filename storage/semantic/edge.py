@@ -1,0 +1,266 @@
+"""Qdrant Edge backend: an in-process shard on local disk (the default, no server).
+
+Edge is single-process: one process owns the shard directory. We take an ``flock`` on a
+lock file inside it before loading, so a second process (or a second store in this one)
+fails at once with :class:`SemanticStoreLocked` instead of a cryptic WAL error.
+
+The engine calls release the GIL, so they run in a worker thread (``asyncio.to_thread``)
+and a big upsert or search does not block the event loop.
+
+Edge has no background optimizer: points stay in plain (brute-force) segments until
+``optimize()`` is called. Tenant/scope-filtered searches are served from the payload
+index and stay fast anyway (see bench/semantic_search.py); call ``optimize()`` from a
+quiet moment (e.g. periodically in the worker) to build HNSW for large tenants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+import qdrant_edge as qe
+
+from processors.types import Chunk, EmbeddedChunk
+from storage.semantic.base import (
+    DENSE,
+    KEYWORD_INDEXES,
+    RRF_K,
+    SPARSE,
+    SearchSpec,
+    SemanticHit,
+    SemanticStore,
+    chunk_from_payload,
+    chunk_payload,
+    hit_from_payload,
+)
+from storage.semantic.exceptions import (
+    SemanticSchemaError,
+    SemanticStoreClosed,
+    SemanticStoreError,
+    SemanticStoreLocked,
+)
+from storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder
+
+_T = TypeVar("_T")
+_LOCK_FILE: Final = ".ctxpipe.lock"
+_CONFIG_FILE: Final = "edge_config.json"  # written by Edge when it creates a shard
+# Upserting in slices keeps each engine call (and WAL record) bounded.
+_UPSERT_BATCH: Final = 512
+# The stubs type a fusion query as `Fusion`, but the value is its nested `Fusion.Rrf`.
+_RRF: Final = cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K))
+
+
+def _edge_config(dimension: int) -> qe.EdgeConfig:
+    return qe.EdgeConfig(
+        vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
+        # IDF is computed by the engine at query time; sparse.py stores only the TF part.
+        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+    )
+
+
+class EdgeSemanticStore(SemanticStore):
+    def __init__(
+        self,
+        shard: qe.EdgeShard,
+        lock_fd: int | None,
+        path: Path,
+        dimension: int,
+        encoder: Bm25Encoder = DEFAULT_ENCODER,
+    ) -> None:
+        """Use :meth:`open`; this only wires up an already opened shard."""
+        super().__init__(dimension, encoder)
+        self._shard: qe.EdgeShard | None = shard
+        self._lock_fd = lock_fd
+        self.path = path
+
+    @classmethod
+    def open(
+        cls, path: Path | str, dimension: int, encoder: Bm25Encoder = DEFAULT_ENCODER
+    ) -> EdgeSemanticStore:
+        """Create the shard at ``path`` or reload it (data survives via WAL and segments)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(path)
+        try:
+            shard = _load_or_create(path, dimension)
+            _ensure_indexes(shard)
+        except BaseException:
+            os.close(lock_fd)  # closing the fd drops the flock
+            raise
+        return cls(shard, lock_fd, path, dimension, encoder)
+
+    # -- engine calls -------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[qe.EdgeShard], _T]) -> _T:
+        shard = self._shard
+        if shard is None:
+            raise SemanticStoreClosed(f"the Edge store at {self.path} is closed")
+        try:
+            return await asyncio.to_thread(fn, shard)
+        except SemanticStoreError:
+            raise
+        except Exception as exc:  # Edge raises bare Exception for everything
+            if self._shard is None:
+                raise SemanticStoreClosed(f"the Edge store at {self.path} was closed") from exc
+            raise SemanticStoreError(f"Qdrant Edge failed: {exc}") from exc
+
+    async def _upsert(self, chunks: Sequence[EmbeddedChunk]) -> None:
+        points = [
+            qe.Point(
+                item.chunk.chunk_id,
+                {DENSE: list(item.vector), SPARSE: _sparse(self.encoder, item.chunk.text)},
+                chunk_payload(item),
+            )
+            for item in chunks
+        ]
+
+        def write(shard: qe.EdgeShard) -> None:
+            for start in range(0, len(points), _UPSERT_BATCH):
+                batch = points[start : start + _UPSERT_BATCH]
+                shard.update(qe.UpdateOperation.upsert_points(batch))
+
+        await self._run(write)
+
+    async def _delete_source(self, tenant: str, source_id: str, keep_version: int | None) -> None:
+        must_not: list[qe.ConditionType] | None = None
+        if keep_version is not None:
+            must_not = [qe.FieldCondition("version", match=qe.MatchValue(keep_version))]
+        flt = qe.Filter(
+            must=[_eq("tenant", tenant), _eq("source_id", source_id)], must_not=must_not
+        )
+        await self._run(lambda s: s.update(qe.UpdateOperation.delete_points_by_filter(flt)))
+
+    async def _search(self, spec: SearchSpec) -> list[SemanticHit]:
+        must: list[qe.ConditionType] = [
+            _eq("tenant", spec.tenant),
+            qe.FieldCondition("scope", match=qe.MatchAny(spec.scopes)),
+        ]
+        if spec.kinds:
+            must.append(qe.FieldCondition("kind", match=qe.MatchAny(spec.kinds)))
+        flt = qe.Filter(must=must)
+        dense = qe.Query.Nearest(spec.vector, using=DENSE)
+        request: qe.QueryRequest
+        if len(spec.sparse) == 0:
+            request = qe.QueryRequest(
+                limit=spec.limit, query=dense, filter=flt, with_payload=True
+            )
+        else:
+            sparse = qe.Query.Nearest(
+                qe.SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE
+            )
+            # IDF over this tenant's points only: other tenants' texts must not shape
+            # this tenant's ranking (and cannot be probed through it).
+            idf = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter(must=[_eq("tenant", spec.tenant)])))
+            request = qe.QueryRequest(
+                limit=spec.limit,
+                # The filter goes on each prefetch: that is where candidates are chosen.
+                prefetches=[
+                    qe.Prefetch(limit=spec.prefetch_limit, query=dense, filter=flt),
+                    qe.Prefetch(limit=spec.prefetch_limit, query=sparse, filter=flt, params=idf),
+                ],
+                query=_RRF,
+                filter=flt,
+                with_payload=True,
+            )
+        points = await self._run(lambda s: s.query(request))
+        return [hit_from_payload(p.id, p.score, p.payload or {}) for p in points]
+
+    async def _count(self, tenant: str, scope: str | None) -> int:
+        must: list[qe.ConditionType] = [_eq("tenant", tenant)]
+        if scope is not None:
+            must.append(_eq("scope", scope))
+        request = qe.CountRequest(exact=True, filter=qe.Filter(must=must))
+        return await self._run(lambda s: s.count(request))
+
+    async def get(self, chunk_ids: Sequence[str]) -> list[Chunk]:
+        ids: list[qe.PointId] = list(chunk_ids)
+        records = await self._run(lambda s: s.retrieve(ids, with_payload=True, with_vector=False))
+        return [chunk_from_payload(r.id, r.payload or {}) for r in records]
+
+    async def optimize(self) -> bool:
+        """Merge segments and build HNSW. Slow on big shards (100k x 384-d: ~5 min on 2 busy
+        cores), so run it off the hot path; plain segments already serve filtered search."""
+        return await self._run(lambda s: s.optimize())
+
+    async def flush(self) -> None:
+        await self._run(lambda s: s.flush())
+
+    async def close(self) -> None:
+        shard, self._shard = self._shard, None
+        if shard is None:
+            return
+        try:
+            await asyncio.to_thread(_flush_and_close, shard)
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+def _flush_and_close(shard: qe.EdgeShard) -> None:
+    shard.flush()
+    shard.close()
+
+
+def _eq(key: str, value: str) -> qe.FieldCondition:
+    return qe.FieldCondition(key, match=qe.MatchValue(value))
+
+
+def _sparse(encoder: Bm25Encoder, text: str) -> qe.SparseVector:
+    emb = encoder.embed_document(text)
+    return qe.SparseVector(emb.indices, emb.values)
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SemanticStoreLocked(_locked_message(path)) from None
+    return fd
+
+
+def _locked_message(path: Path) -> str:
+    return (
+        f"the Qdrant Edge shard at {path} is already open in another process; Edge allows "
+        "one process per shard, so run several workers/API replicas with "
+        "CTX_QDRANT__MODE=server (or give each process its own CTX_QDRANT__EDGE_PATH)"
+    )
+
+
+def _load_or_create(path: Path, dimension: int) -> qe.EdgeShard:
+    config = _edge_config(dimension)
+    try:
+        if (path / _CONFIG_FILE).exists():
+            # Passing the config makes Edge check the stored vectors are compatible.
+            return qe.EdgeShard.load(str(path), config)
+        return qe.EdgeShard.create(str(path), config)
+    except Exception as exc:
+        message = str(exc)
+        if "WouldBlock" in message:  # WAL lock held by a process not using our lock file
+            raise SemanticStoreLocked(_locked_message(path)) from exc
+        if (path / _CONFIG_FILE).exists():
+            raise SemanticSchemaError(
+                f"cannot load the Qdrant Edge shard at {path} with {dimension}-d "
+                f"'{DENSE}' + '{SPARSE}' vectors: {message}"
+            ) from exc
+        raise SemanticStoreError(f"cannot create a Qdrant Edge shard at {path}: {message}") from exc
+
+
+def _ensure_indexes(shard: qe.EdgeShard) -> None:
+    """Create missing payload indexes (a no-op on reload: they persist with the shard)."""
+    existing = shard.info().payload_schema
+    wanted: dict[str, Any] = {
+        # is_tenant lets the engine co-locate a tenant's points.
+        "tenant": qe.KeywordIndexParams(is_tenant=True),
+        **{k: qe.PayloadSchemaType.Keyword for k in KEYWORD_INDEXES if k != "tenant"},
+        "occurred_at": qe.PayloadSchemaType.Float,
+    }
+    for field_name, schema in wanted.items():
+        if field_name not in existing:
+            shard.update(qe.UpdateOperation.create_field_index(field_name, schema))

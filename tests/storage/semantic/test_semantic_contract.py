@@ -1,0 +1,165 @@
+"""Behaviour both backends must share (the `store` fixture runs each test on Edge and server)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from semantic_helpers import make_chunk, near, rand_vector
+
+from processors.types import EmbeddedChunk
+from storage.semantic import SemanticQueryError, SemanticStore
+from streams.events import EventKind
+
+ACCOUNT = "ACC-99417-ZQ"
+
+
+def _corpus(rng: random.Random, query: list[float], tenant: str, scope: str) -> list[EmbeddedChunk]:
+    """40 generic chunks close-ish to `query`, plus one far-off chunk naming a rare account."""
+    items = [
+        make_chunk(
+            f"customer asked about invoice delivery number {i}",
+            near(query, rng, noise=0.6),
+            tenant=tenant,
+            scope=scope,
+            source_id=f"ev-{i}",
+        )
+        for i in range(40)
+    ]
+    opposite = [-x for x in query]  # dense ranks this last
+    items.append(
+        make_chunk(
+            f"escalation: account {ACCOUNT} was blocked after a chargeback",
+            opposite,
+            tenant=tenant,
+            scope=scope,
+            source_id="ev-account",
+        )
+    )
+    return items
+
+
+async def test_roundtrip_rebuilds_the_chunk(store: SemanticStore) -> None:
+    rng = random.Random(1)
+    item = make_chunk(
+        "hello there", rand_vector(rng), kind=EventKind.DOCUMENT, version=3,
+        metadata={"crm": {"id": 7, "tags": ["a", "b"]}, "none": None},
+    )
+    await store.upsert([item])
+    [got] = await store.get([item.chunk.chunk_id])
+    assert got == item.chunk  # every field, metadata untouched, tz offset preserved
+    assert await store.get(["00000000-0000-0000-0000-000000000000"]) == []
+
+
+async def test_search_never_crosses_tenant_or_scope(store: SemanticStore) -> None:
+    rng = random.Random(2)
+    query = rand_vector(rng)
+    mine = _corpus(random.Random(3), query, "acme", "session:1")
+    # The same texts and vectors under another tenant, and under another scope of ours:
+    # they would tie with or beat ours on every signal if filtering leaked.
+    theirs = [
+        make_chunk(c.chunk.text, c.vector, tenant="globex", scope="session:1", source_id=c.chunk.source_id)
+        for c in mine
+    ]
+    other_scope = [
+        make_chunk(c.chunk.text, c.vector, scope="session:2", source_id=c.chunk.source_id + "-s2")
+        for c in mine
+    ]
+    await store.upsert(mine + theirs + other_scope)
+
+    hits = await store.search("acme", ["session:1"], query, ACCOUNT, limit=100)
+    assert len(hits) == len(mine)
+    assert {h.chunk.tenant for h in hits} == {"acme"}
+    assert {h.chunk.scope for h in hits} == {"session:1"}
+    assert {h.chunk.chunk_id for h in hits} == {c.chunk.chunk_id for c in mine}
+
+    both = await store.search("acme", ["session:1", "session:2"], query, "", limit=1000)
+    assert len(both) == 2 * len(mine) and {h.chunk.tenant for h in both} == {"acme"}
+
+    assert await store.search("initech", ["session:1"], query, ACCOUNT, limit=10) == []
+    assert await store.count("acme") == 2 * len(mine)
+    assert await store.count("acme", "session:1") == len(mine)
+    assert await store.count("globex") == len(mine)
+
+
+async def test_hybrid_finds_rare_keyword_that_dense_ranks_last(store: SemanticStore) -> None:
+    rng = random.Random(4)
+    query = rand_vector(rng)
+    await store.upsert(_corpus(random.Random(5), query, "acme", "session:1"))
+
+    dense_only = await store.search("acme", ["session:1"], query, "", limit=5)
+    assert len(dense_only) == 5
+    assert all(ACCOUNT not in h.chunk.text for h in dense_only)
+
+    hybrid = await store.search("acme", ["session:1"], query, f"what happened to {ACCOUNT}?", limit=5)
+    assert ACCOUNT in hybrid[0].chunk.text
+    assert hybrid[0].model == "test-model"
+    scores = [h.score for h in hybrid]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_kinds_filter(store: SemanticStore) -> None:
+    rng = random.Random(6)
+    v = rand_vector(rng)
+    await store.upsert([
+        make_chunk("a message", v, source_id="m1"),
+        make_chunk("a document", v, source_id="d1", kind=EventKind.DOCUMENT),
+        make_chunk("a fact", v, source_id="f1", kind=EventKind.FACT),
+    ])
+    hits = await store.search("acme", ["session:1"], v, "a", limit=10, kinds=[EventKind.DOCUMENT, "fact"])
+    assert sorted(h.chunk.kind for h in hits) == [EventKind.DOCUMENT, EventKind.FACT]
+
+
+async def test_reupsert_same_ids_overwrites(store: SemanticStore) -> None:
+    rng = random.Random(7)
+    items = [make_chunk(f"part {i}", rand_vector(rng), index=i) for i in range(5)]
+    await store.upsert(items)
+    await store.upsert(items)  # a Kafka replay
+    assert await store.count("acme") == 5
+
+    changed = make_chunk("rewritten part zero", items[0].vector, index=0)
+    await store.upsert([changed])
+    assert await store.count("acme") == 5
+    [got] = await store.get([changed.chunk.chunk_id])
+    assert got.text == "rewritten part zero"
+
+
+async def test_delete_source_keeps_version_and_other_tenants(store: SemanticStore) -> None:
+    rng = random.Random(8)
+
+    def doc(tenant: str, version: int, n: int) -> list[EmbeddedChunk]:
+        return [
+            make_chunk(f"handbook v{version} section {i}", rand_vector(rng), tenant=tenant,
+                       source_id="handbook", version=version, index=i, kind=EventKind.DOCUMENT)
+            for i in range(n)
+        ]
+
+    await store.upsert(doc("acme", 1, 3) + doc("acme", 2, 2) + doc("globex", 1, 3))
+    await store.upsert([make_chunk("unrelated", rand_vector(rng), source_id="other")])
+    assert await store.count("acme") == 6
+
+    await store.delete_source("acme", "handbook", keep_version=2)
+    assert await store.count("acme") == 3  # v2's two chunks + the unrelated one
+    hits = await store.search("acme", ["session:1"], rand_vector(rng), "handbook", limit=10)
+    assert {h.chunk.version for h in hits if h.chunk.source_id == "handbook"} == {2}
+
+    await store.delete_source("acme", "handbook")
+    assert await store.count("acme") == 1
+    assert await store.count("globex") == 3  # same source_id, other tenant: untouched
+
+
+@pytest.mark.parametrize(
+    ("tenant", "scopes", "dim", "limit"),
+    [("", ["s"], 16, 5), ("acme", [], 16, 5), ("acme", "session:1", 16, 5),
+     ("acme", ["s"], 3, 5), ("acme", ["s"], 16, 0)],
+)
+async def test_search_refuses_bad_arguments(
+    store: SemanticStore, tenant: str, scopes: list[str], dim: int, limit: int
+) -> None:
+    with pytest.raises(SemanticQueryError):
+        await store.search(tenant, scopes, [0.1] * dim, "x", limit=limit)
+
+
+async def test_upsert_refuses_wrong_dimension(store: SemanticStore) -> None:
+    with pytest.raises(SemanticQueryError, match="dimensions"):
+        await store.upsert([make_chunk("x", [0.1, 0.2])])

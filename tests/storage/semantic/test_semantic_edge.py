@@ -1,0 +1,110 @@
+"""Qdrant Edge specifics: persistence across reopen, the one-process lock, schema checks."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from semantic_helpers import DIM, make_chunk, rand_vector
+
+from ctxpipe.settings import PROJECT_ROOT, QdrantSettings
+from storage.semantic import (
+    EdgeSemanticStore,
+    SemanticSchemaError,
+    SemanticStoreClosed,
+    SemanticStoreLocked,
+    open_semantic_store,
+)
+
+
+async def test_reopen_reloads_data_and_indexes(tmp_path: Path) -> None:
+    rng = random.Random(1)
+    items = [make_chunk(f"note {i} about zebras", rand_vector(rng), index=i) for i in range(20)]
+    store = EdgeSemanticStore.open(tmp_path, DIM)
+    await store.upsert(items)
+    await store.close()
+    await store.close()  # idempotent
+
+    reopened = EdgeSemanticStore.open(tmp_path, DIM)
+    try:
+        assert await reopened.count("acme") == 20
+        hits = await reopened.search("acme", ["session:1"], items[3].vector, "zebras 3", limit=3)
+        assert hits[0].chunk == items[3].chunk
+        got = await reopened.get([i.chunk.chunk_id for i in items])
+        assert sorted(c.index for c in got) == list(range(20))
+    finally:
+        await reopened.close()
+
+
+async def test_optimize_keeps_results(tmp_path: Path) -> None:
+    rng = random.Random(2)
+    items = [make_chunk(f"text {i}", rand_vector(rng), index=i) for i in range(50)]
+    store = EdgeSemanticStore.open(tmp_path, DIM)
+    try:
+        await store.upsert(items)
+        before = await store.search("acme", ["session:1"], items[7].vector, "text", limit=5)
+        await store.optimize()
+        after = await store.search("acme", ["session:1"], items[7].vector, "text", limit=5)
+        assert [h.chunk.chunk_id for h in after] == [h.chunk.chunk_id for h in before]
+    finally:
+        await store.close()
+
+
+async def test_second_open_in_same_process_is_refused(tmp_path: Path) -> None:
+    store = EdgeSemanticStore.open(tmp_path, DIM)
+    try:
+        with pytest.raises(SemanticStoreLocked, match="CTX_QDRANT__MODE=server"):
+            EdgeSemanticStore.open(tmp_path, DIM)
+    finally:
+        await store.close()
+    EdgeSemanticStore.open(tmp_path, DIM)  # released by close()
+
+
+async def test_second_process_is_refused(tmp_path: Path) -> None:
+    store = EdgeSemanticStore.open(tmp_path, DIM)
+    script = textwrap.dedent(
+        f"""
+        from storage.semantic import EdgeSemanticStore, SemanticStoreLocked
+        try:
+            EdgeSemanticStore.open({str(tmp_path)!r}, {DIM})
+        except SemanticStoreLocked as exc:
+            print("LOCKED", exc)
+        """
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            timeout=60, check=True,
+        ).stdout
+    finally:
+        await store.close()
+    assert out.startswith("LOCKED") and "CTX_QDRANT__MODE=server" in out
+
+
+async def test_reopen_with_other_dimension_is_a_schema_error(tmp_path: Path) -> None:
+    await EdgeSemanticStore.open(tmp_path, DIM).close()
+    with pytest.raises(SemanticSchemaError):
+        EdgeSemanticStore.open(tmp_path, DIM * 2)
+    # The failed open released the lock.
+    await EdgeSemanticStore.open(tmp_path, DIM).close()
+
+
+async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
+    store = EdgeSemanticStore.open(tmp_path, DIM)
+    await store.close()
+    with pytest.raises(SemanticStoreClosed):
+        await store.count("acme")
+
+
+async def test_factory_opens_edge_by_default(tmp_path: Path) -> None:
+    settings = QdrantSettings(edge_path=tmp_path / "edge")
+    store = await open_semantic_store(settings, DIM)
+    try:
+        assert isinstance(store, EdgeSemanticStore)
+        assert store.path == tmp_path / "edge"
+    finally:
+        await store.close()
