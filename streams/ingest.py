@@ -1,0 +1,250 @@
+"""One batch of source records through validate -> chunk -> embed -> store.
+
+Engine-agnostic: the faust agent (``streams.app``) feeds it batches and acks them only
+after :meth:`IngestPipeline.process` returns, so a crash replays the batch. Every sink is
+idempotent (deterministic ids, upserts, overwrite-by-range archive objects), which turns
+at-least-once delivery into exactly-once state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from processors.chunking import ChunkingSettings, chunk_event
+from processors.embedding import CachedEmbedder
+from processors.tokens import TokenCounter
+from processors.types import Chunk, EmbeddedChunk
+from storage.cold import ArchivedRecord, ColdStore
+from storage.hot import HotStore
+from storage.ledger import EventLedger
+from storage.semantic.base import SemanticStore
+from streams import metrics
+from streams.events import EventKind, SourceEvent
+from streams.records import RawRecord
+from streams.retry import with_retries
+from streams.validation import Rejection, parse_event
+
+log = logging.getLogger(__name__)
+
+# Kinds that live in the hot tier: what the assembly service shows as recent turns and
+# pinned facts. Documents are retrieved through the semantic tier only.
+HOT_KINDS = frozenset({EventKind.MESSAGE, EventKind.TOOL_RESULT, EventKind.FACT})
+
+
+class DeadLetterSink(Protocol):
+    async def send(self, record: RawRecord, reason: str) -> None: ...
+
+
+
+@dataclass(slots=True)
+class BatchResult:
+    accepted: int = 0
+    dead_lettered: int = 0
+    chunks: int = 0
+    deleted_sources: int = 0
+    duplicates: int = 0
+    positions: dict[int, int] = field(default_factory=dict)  # partition -> last offset
+    topic: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    record: RawRecord
+    event: SourceEvent
+
+
+class IngestPipeline:
+    def __init__(
+        self,
+        *,
+        hot: HotStore,
+        ledger: EventLedger,
+        semantic: SemanticStore,
+        cold: ColdStore,
+        embedder: CachedEmbedder,
+        counter: TokenCounter,
+        dead_letters: DeadLetterSink,
+        chunking: ChunkingSettings | None = None,
+    ) -> None:
+        self._hot = hot
+        self._ledger = ledger
+        self._semantic = semantic
+        self._cold = cold
+        self._embedder = embedder
+        self._counter = counter
+        self._dlq = dead_letters
+        self._chunking = chunking or ChunkingSettings()
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        result = BatchResult()
+        metrics.EVENTS_IN.inc(len(records))
+        accepted: list[_Accepted] = []
+        for rec in records:
+            parsed = parse_event(rec.value)
+            if isinstance(parsed, Rejection):
+                await self._dead_letter(rec, parsed.reason, result)
+            else:
+                accepted.append(_Accepted(rec, parsed))
+            result.positions[rec.partition] = max(result.positions.get(rec.partition, -1), rec.offset)
+            result.topic = rec.topic
+
+        accepted = await self._drop_republished(accepted, result)
+
+        # Archive first: the cold copy is what survives Kafka retention and what a replay
+        # falls back to, so it must exist before the offsets are committed.
+        await self._archive(accepted)
+
+        final = self._last_action_per_source(accepted)
+        chunks: list[Chunk] = []
+        for item in final.values():
+            if item.event.kind is EventKind.DELETE:
+                continue
+            try:
+                chunks.extend(self._chunk(item))
+            except Exception as exc:  # a bug or an odd input must not stop the stream
+                log.exception("chunking failed for %s", item.event.event_id)
+                await self._dead_letter(item.record, f"processing failed: {exc}", result)
+        result.chunks = len(chunks)
+
+        # Fast lane: conversation turns are visible in the hot tier before embedding.
+        hot_chunks = [c for c in chunks if c.kind in HOT_KINDS]
+        if hot_chunks:
+            await with_retries(lambda: self._hot.upsert_items(hot_chunks), tier="hot")
+
+        embedded = await self._embed(chunks)
+        if embedded:
+            started = time.perf_counter()
+            await with_retries(lambda: self._semantic.upsert(embedded), tier="semantic")
+            metrics.STAGE_SECONDS.labels(stage="semantic").observe(time.perf_counter() - started)
+
+        result.deleted_sources = await self._apply_deletes_and_versions(final)
+        await with_retries(
+            lambda: self._ledger.record(
+                {(i.event.tenant, i.event.event_id): (i.record.partition, i.record.offset) for i in accepted}
+            ),
+            tier="hot",
+        )
+        await self._record_positions(accepted, result)
+        for item in accepted:
+            metrics.EVENTS_ACCEPTED.labels(kind=item.event.kind.value).inc()
+        result.accepted = len(accepted)
+        return result
+
+    async def _dead_letter(self, rec: RawRecord, reason: str, result: BatchResult) -> None:
+        await with_retries(lambda: self._dlq.send(rec, reason), tier="dlq")
+        metrics.EVENTS_DEAD_LETTERED.inc()
+        result.dead_lettered += 1
+
+    async def _drop_republished(self, accepted: list[_Accepted], result: BatchResult) -> list[_Accepted]:
+        """An event id first seen at another position was re-published: it changes nothing.
+        The same id twice inside one batch keeps the first."""
+        ids = [(i.event.tenant, i.event.event_id) for i in accepted]
+        known = await with_retries(lambda: self._ledger.first_positions(ids), tier="hot")
+        kept: list[_Accepted] = []
+        first_in_batch: set[tuple[str, str]] = set()
+        for item, key in zip(accepted, ids, strict=True):
+            here = (item.record.partition, item.record.offset)
+            if known.get(key, here) != here or key in first_in_batch:
+                result.duplicates += 1
+                continue
+            first_in_batch.add(key)
+            kept.append(item)
+        if result.duplicates:
+            metrics.EVENTS_DUPLICATE.inc(result.duplicates)
+        return kept
+
+    async def _archive(self, accepted: Sequence[_Accepted]) -> None:
+        if not accepted:
+            return
+        started = time.perf_counter()
+        by_tp: dict[tuple[str, int], list[ArchivedRecord]] = defaultdict(list)
+        for item in accepted:
+            r = item.record
+            by_tp[(r.topic, r.partition)].append(
+                ArchivedRecord(r.offset, r.timestamp_ms, r.key, r.value or b"")
+            )
+        for (topic, partition), recs in by_tp.items():
+            # Awaited inside the loop, so the closure sees this iteration's values.
+            await with_retries(lambda: self._cold.archive(topic, partition, recs), tier="cold")
+        metrics.STAGE_SECONDS.labels(stage="archive").observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _source_key(event: SourceEvent) -> tuple[str, str]:
+        if event.kind is EventKind.DELETE:
+            return event.tenant, event.doc_id or event.target_event_id or event.event_id
+        return event.tenant, event.doc_id if event.kind is EventKind.DOCUMENT and event.doc_id else event.event_id
+
+    def _last_action_per_source(self, accepted: Sequence[_Accepted]) -> dict[tuple[str, str], _Accepted]:
+        """Within one batch only the last event per source matters (Kafka order per scope):
+        two versions of a document, or an upsert then a delete, collapse to the last."""
+        final: dict[tuple[str, str], _Accepted] = {}
+        for item in accepted:
+            key = self._source_key(item.event)
+            final.pop(key, None)  # keep batch order of the surviving actions
+            final[key] = item
+        return final
+
+    def _chunk(self, item: _Accepted) -> list[Chunk]:
+        fallback = datetime.fromtimestamp(item.record.timestamp_ms / 1000, tz=UTC)
+        return chunk_event(
+            item.event,
+            partition=item.record.partition,
+            offset=item.record.offset,
+            occurred_at_fallback=fallback,
+            counter=self._counter,
+            settings=self._chunking,
+        )
+
+    async def _embed(self, chunks: Sequence[Chunk]) -> list[EmbeddedChunk]:
+        if not chunks:
+            return []
+        started = time.perf_counter()
+        hits, embedded = self._embedder.hits, self._embedder.embedded
+        # The cache is looked up first; the model runs in a thread (the API shares the loop).
+        vectors = await self._embedder.embed([c.text for c in chunks])
+        metrics.EMBED_CACHE_HITS.inc(self._embedder.hits - hits)
+        metrics.CHUNKS_EMBEDDED.inc(self._embedder.embedded - embedded)
+        metrics.STAGE_SECONDS.labels(stage="embed").observe(time.perf_counter() - started)
+        model = self._embedder.model_name
+        return [EmbeddedChunk(chunk=c, vector=v, model=model) for c, v in zip(chunks, vectors, strict=True)]
+
+    async def _apply_deletes_and_versions(self, final: dict[tuple[str, str], _Accepted]) -> int:
+        deleted = 0
+        for (tenant, source_id), item in final.items():
+            ev = item.event
+            if ev.kind is EventKind.DELETE:
+                await with_retries(lambda: self._semantic.delete_source(tenant, source_id), tier="semantic")
+                await with_retries(
+                    lambda: self._hot.remove_source(tenant, ev.scope, source_id), tier="hot"
+                )
+                deleted += 1
+            elif ev.kind is EventKind.DOCUMENT:
+                # A newer version replaces the older one's chunks everywhere.
+                version = ev.version or 0
+                await with_retries(
+                    lambda: self._semantic.delete_source(tenant, source_id, keep_version=version),
+                    tier="semantic",
+                )
+        return deleted
+
+    async def _record_positions(self, accepted: Sequence[_Accepted], result: BatchResult) -> None:
+        """Per-scope watermarks and per-partition applied offsets, for read-your-writes.
+        Written last, so "applied" never runs ahead of what the tiers hold."""
+        latest: dict[tuple[str, str], RawRecord] = {}
+        for item in accepted:
+            latest[(item.event.tenant, item.event.scope)] = item.record
+        for (tenant, scope), rec in latest.items():
+            await with_retries(
+                lambda: self._hot.set_watermark(tenant, scope, rec.partition, rec.offset), tier="hot"
+            )
+        if result.topic is not None:
+            topic = result.topic
+            await with_retries(
+                lambda: self._hot.set_applied_offsets(result.positions, topic=topic), tier="hot"
+            )

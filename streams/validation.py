@@ -1,0 +1,48 @@
+"""Turn raw Kafka bytes into a :class:`SourceEvent`, or a rejection that says why.
+
+Never raises on bad input: the caller routes a :class:`Rejection` to the dead-letter topic
+with the original bytes, so nothing is lost and the worker never stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from pydantic import ValidationError
+
+from streams.events import MAX_EVENT_BYTES, SourceEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid event: " + "; ".join(parts)
+
+
+def parse_event(raw: bytes | None) -> SourceEvent | Rejection:
+    if raw is None:
+        return Rejection("empty message (null value)")
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejection(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(f"not valid UTF-8 at byte {exc.start}")
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return Rejection(f"malformed JSON: {exc}")
+    if not isinstance(data, dict):
+        return Rejection(f"an event must be a JSON object, got {type(data).__name__}")
+    try:
+        return SourceEvent.model_validate(data)
+    except ValidationError as exc:
+        return Rejection(_describe(exc))
