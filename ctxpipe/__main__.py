@@ -1,0 +1,5 @@
+import sys
+
+from ctxpipe.cli import main
+
+sys.exit(main())

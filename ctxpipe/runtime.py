@@ -1,0 +1,131 @@
+"""Everything one process holds: tier clients, the embedder, the ingest pipeline and the
+faust app. Built once from settings; the API and the worker share it (single-node mode).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+
+from ctxpipe.settings import Settings
+from processors.embedding import CachedEmbedder, Embedder, SentenceTransformerEmbedder
+from processors.tokens import LocalTokenCounter
+from storage.cold import ColdStore
+from storage.hot import EmbeddingCacheRedis, HotStore
+from storage.ledger import EventLedger
+from storage.semantic import open_semantic_store
+from storage.semantic.base import SemanticStore
+from streams.app import running_app
+from streams.dlq import KafkaDeadLetterSink
+from streams.ingest import IngestPipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    hot: HotStore
+    semantic: SemanticStore
+    cold: ColdStore
+    embedder: CachedEmbedder
+    pipeline: IngestPipeline
+    app: faust.App | None
+
+    async def health(self) -> dict[str, Any]:
+        checks: dict[str, str] = {}
+        try:
+            await self.hot.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # health reports every failure, it never raises
+            checks["redis"] = f"error: {exc}"
+        try:
+            await self.semantic.count("__health__")
+            checks["qdrant"] = "ok"
+        except Exception as exc:
+            checks["qdrant"] = f"error: {exc}"
+        if self.app is not None:
+            crashed = getattr(self.app, "crash_reason", None)
+            checks["worker"] = f"crashed: {crashed}" if crashed else "ok"
+        return {"ok": all(v == "ok" for v in checks.values()), "checks": checks}
+
+    async def scope_view(self, tenant: str, scope: str, *, limit: int) -> dict[str, Any]:
+        recent = await self.hot.recent(tenant, scope, limit=limit)
+        facts = await self.hot.facts(tenant, scope)
+        wm = await self.hot.watermark(tenant, scope)
+        return {
+            "tenant": tenant,
+            "scope": scope,
+            "hot": {
+                "recent": [_item(c) for c in recent],
+                "facts": [_item(c) for c in facts],
+                "watermark": None if wm is None else {"partition": wm.partition, "offset": wm.offset},
+            },
+            "semantic": {"chunks": await self.semantic.count(tenant, scope)},
+            "cold": await self._cold_view(),
+        }
+
+    async def _cold_view(self) -> dict[str, Any]:
+        """Archived offset ranges of the source topic, per partition (all tenants' events
+        share the topic; only ranges are shown, never other tenants' content)."""
+        topic = self.settings.kafka.source_topic
+        ranges = {
+            p: await self.cold.archived_ranges(topic, p) for p in range(self.settings.kafka.partitions)
+        }
+        return {
+            "archived_batches": sum(len(r) for r in ranges.values()),
+            "archived_up_to": {p: r[-1][1] for p, r in ranges.items() if r},
+        }
+
+
+def _item(chunk: Any) -> dict[str, Any]:
+    return {
+        "event_id": chunk.event_id,
+        "kind": chunk.kind.value,
+        "role": chunk.role.value if chunk.role else None,
+        "text": chunk.text,
+        "metadata": chunk.metadata,
+        "offset": chunk.offset,
+    }
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, worker: bool = True, model: Embedder | None = None
+) -> AsyncIterator[Runtime]:
+    """Open every tier; with ``worker=True`` also run the faust ingest agent."""
+    async with AsyncExitStack() as stack:
+        hot = HotStore(settings.redis)
+        stack.push_async_callback(hot.aclose)
+        cache = EmbeddingCacheRedis(settings.redis, settings.embedding.model_name)
+        stack.push_async_callback(cache.aclose)
+        cold = ColdStore(settings.s3)
+        await cold.ensure_bucket()
+        semantic = await open_semantic_store(settings.qdrant, settings.embedding.dimension)
+        stack.push_async_callback(semantic.close)
+        embedder = CachedEmbedder(model or SentenceTransformerEmbedder(settings.embedding), cache)
+
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", enable_idempotence=True
+        )
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        pipeline = IngestPipeline(
+            hot=hot,
+            ledger=EventLedger(settings.redis, hot.client),
+            semantic=semantic,
+            cold=cold,
+            embedder=embedder,
+            counter=LocalTokenCounter(),
+            dead_letters=KafkaDeadLetterSink(producer, settings.kafka.dlq_topic),
+        )
+        app = None
+        if worker:
+            app = await stack.enter_async_context(running_app(settings.kafka, pipeline))
+        yield Runtime(settings, hot, semantic, cold, embedder, pipeline, app)

@@ -1,0 +1,54 @@
+"""Run the service: worker + API in one process (``serve``), or the worker alone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvicorn
+
+from assembly.api import create_api
+from ctxpipe.runtime import open_runtime
+from ctxpipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _serve(settings: Settings, demo: bool) -> None:
+    if not settings.api.tenant_keys:
+        log.warning("no tenant API keys configured (CTX_API__TENANT_KEYS): the API is open")
+    api = create_api(lambda: open_runtime(settings))
+    config = uvicorn.Config(api, host=settings.api.host, port=settings.api.port, log_level="info")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    if demo:
+        from ctxpipe.demo import run_demo
+
+        while not server.started and not task.done():
+            await asyncio.sleep(0.1)
+        if server.started:
+            await run_demo(settings)
+            print(f"service running on http://{settings.api.host}:{settings.api.port} (Ctrl-C stops it)")
+    await task
+
+
+def serve_forever(settings: Settings, *, demo: bool = False) -> None:
+    asyncio.run(_serve(settings, demo))
+
+
+async def run_worker(settings: Settings) -> None:
+    """The ingestion worker alone, until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_runtime(settings, worker=True) as runtime:
+        log.info("worker running (group %s)", settings.kafka.consumer_group)
+        while not stop.is_set():
+            if runtime.app is not None and runtime.app.crash_reason is not None:
+                raise RuntimeError(f"ingest agent crashed: {runtime.app.crash_reason}")
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
