@@ -323,14 +323,32 @@ class HotStore(_RedisOwner):
     ) -> None:
         """Record that ``offset`` was applied to the scope even when it produced no items
         (a delete, a rejected event). Only moves forward within a partition."""
-        if offset < 0:
+        await self.set_watermarks({(tenant, scope): (partition, offset)}, at=at)
+
+    async def set_watermarks(
+        self,
+        marks: Mapping[tuple[str, str], tuple[int, int]],
+        *,
+        applied_offsets: Mapping[int, int] | None = None,
+        topic: str = "default",
+        at: float | None = None,
+    ) -> None:
+        """Many scopes' watermarks ((tenant, scope) -> (partition, offset)) and, optionally,
+        the sink's applied offsets, in one round trip and one transaction."""
+        if any(offset < 0 for _, offset in marks.values()):
             raise ValueError("offset must be >= 0")
         stamp = repr(time.time() if at is None else at)
-        async with translate_redis_errors("set_watermark"):
-            await self._upsert(
-                keys=self._scope_keys(tenant, scope),
-                args=[self.settings.hot_ttl_s, self.settings.hot_max_items, partition, offset, stamp],
-            )
+        async with translate_redis_errors("set_watermarks"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                for (tenant, scope), (partition, offset) in marks.items():
+                    await self._upsert(
+                        keys=self._scope_keys(tenant, scope),
+                        args=[self.settings.hot_ttl_s, self.settings.hot_max_items, partition, offset, stamp],
+                        client=pipe,
+                    )
+                if applied_offsets:
+                    await self._queue_applied(pipe, applied_offsets, topic)
+                await pipe.execute()
 
     async def set_applied_offsets(self, offsets: Mapping[int, int], *, topic: str = "default") -> None:
         """Raise the per-partition "applied up to" offsets of a sink (never lowers them)."""

@@ -234,17 +234,13 @@ class IngestPipeline:
         return deleted
 
     async def _record_positions(self, accepted: Sequence[_Accepted], result: BatchResult) -> None:
-        """Per-scope watermarks and per-partition applied offsets, for read-your-writes.
-        Written last, so "applied" never runs ahead of what the tiers hold."""
-        latest: dict[tuple[str, str], RawRecord] = {}
+        """Per-scope watermarks and per-partition applied offsets, for read-your-writes, in
+        one transaction. Written last, so "applied" never runs ahead of what the tiers hold."""
+        marks: dict[tuple[str, str], tuple[int, int]] = {}
         for item in accepted:
-            latest[(item.event.tenant, item.event.scope)] = item.record
-        for (tenant, scope), rec in latest.items():
-            await with_retries(
-                lambda: self._hot.set_watermark(tenant, scope, rec.partition, rec.offset), tier="hot"
-            )
-        if result.topic is not None:
-            topic = result.topic
-            await with_retries(
-                lambda: self._hot.set_applied_offsets(result.positions, topic=topic), tier="hot"
-            )
+            marks[(item.event.tenant, item.event.scope)] = (item.record.partition, item.record.offset)
+        topic = result.topic or ""
+        await with_retries(
+            lambda: self._hot.set_watermarks(marks, applied_offsets=result.positions, topic=topic),
+            tier="hot",
+        )

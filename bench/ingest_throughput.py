@@ -1,0 +1,116 @@
+"""Ingestion benchmark: raw model throughput vs end-to-end pipeline throughput, one run.
+
+    python bench/ingest_throughput.py [--events 2000]
+
+Needs the local stack (``python -m infra up``; started here if it is not running).
+Three numbers, measured side by side on the same texts:
+1. raw: the embedding model alone (texts/s), batched as the pipeline batches;
+2. pipeline: events/s from Kafka through validate, chunk, embed, Redis, Qdrant Edge, S3;
+3. cached: the same contents re-published under new event ids (every embedding is a cache
+   hit), events/s.
+Each event is one short chat message (one chunk), so events/s and texts/s compare directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ctxpipe.runtime import open_runtime  # noqa: E402
+from ctxpipe.settings import Settings  # noqa: E402
+from infra.stack import Stack  # noqa: E402
+from processors.embedding import SentenceTransformerEmbedder  # noqa: E402
+from streams.app import BATCH_MAX  # noqa: E402
+from streams.publisher import Publisher  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
+
+
+def make_events(n: int, run: str, tag: str) -> list[dict[str, Any]]:
+    topics = ["billing", "shipping", "refunds", "login", "api limits", "invoices", "sso", "exports"]
+    return [
+        {
+            "event_id": f"{run}-{tag}-{i}", "tenant": "bench", "scope": f"session:{i % 50}",
+            "kind": "message", "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"Message {i}: question about {topics[i % len(topics)]} for account AC-{i * 7919 % 100000:05d}, "
+                       f"order {i * 31:06d}, what should happen next?",
+        }
+        for i in range(n)
+    ]
+
+
+async def _wait_applied(rt: Any, topic: str, positions: list[Any]) -> None:
+    want: dict[int, int] = {}
+    for p in positions:
+        want[p.partition] = max(want.get(p.partition, -1), p.offset)
+    while True:
+        got = await rt.hot.applied_offsets(topic=topic)
+        if all(got.get(k, -1) >= v for k, v in want.items()):
+            return
+        await asyncio.sleep(0.01)
+
+
+async def pipeline_rate(settings: Settings, events: list[dict[str, Any]]) -> float:
+    """Events/s from the start of publishing to the last event applied in every tier,
+    with a worker that is already running (start-up and model load not counted)."""
+    await ensure_topics(settings.kafka)
+    warm = {**events[0], "event_id": events[0]["event_id"] + "-warmup", "content": "warm-up " + uuid.uuid4().hex}
+    async with open_runtime(settings, worker=True) as rt, Publisher(settings.kafka) as pub:
+        await _wait_applied(rt, settings.kafka.source_topic, await pub.publish([warm]))
+        t0 = time.perf_counter()
+        positions = await pub.publish(events)
+        await _wait_applied(rt, settings.kafka.source_topic, positions)
+        return len(events) / (time.perf_counter() - t0)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=2000)
+    args = ap.parse_args()
+
+    base = Settings()
+    Stack(base).up()
+    run = uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = base.model_copy(update={
+            "kafka": base.kafka.model_copy(update={
+                "source_topic": f"bench.events.{run}", "dlq_topic": f"bench.dlq.{run}",
+                "summary_topic": f"bench.summaries.{run}", "windows_topic": f"bench.windows.{run}",
+                "consumer_group": f"bench-{run}",
+            }),
+            "redis": base.redis.model_copy(update={"key_prefix": f"bench-{run}"}),
+            "s3": base.s3.model_copy(update={"bucket": f"bench-{run}"}),
+            "qdrant": base.qdrant.model_copy(update={"edge_path": Path(tmp) / "edge"}),
+        })
+        events = make_events(args.events, run, "a")
+        texts = [e["content"] for e in events]
+
+        model = SentenceTransformerEmbedder(settings.embedding)
+        model.load()
+        model.embed(texts[:64])  # warm-up
+        t0 = time.perf_counter()
+        for i in range(0, len(texts), BATCH_MAX):
+            model.embed(texts[i : i + BATCH_MAX])
+        raw = len(texts) / (time.perf_counter() - t0)
+
+        piped = await pipeline_rate(settings, events)
+        # Same contents, new ids: the ledger lets them through, the cache answers every text.
+        cached = await pipeline_rate(settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"consumer_group": f"bench-{run}-2", "source_topic": f"bench.events2.{run}"})}),
+            make_events(args.events, run, "b"))
+
+    print(f"events: {args.events} short messages, batch {BATCH_MAX}, {os.cpu_count()} cores")
+    print(f"raw embedding (model alone):     {raw:8.1f} texts/s")
+    print(f"pipeline end-to-end (uncached):  {piped:8.1f} events/s  ratio {piped / raw:.2f} x raw (target >= 0.9)")
+    print(f"pipeline end-to-end (all cached):{cached:8.1f} events/s  (target >= 2000)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
