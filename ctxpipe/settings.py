@@ -113,6 +113,94 @@ class ApiSettings(_Group):
     tenant_keys: dict[str, SecretStr] = Field(default_factory=dict)
 
 
+class AssemblySettings(_Group):
+    """Defaults of the assembly service (``POST /v1/context``); a request may override the
+    section shares. Sections fill in priority order (pinned, summary, recent, retrieved); a
+    share is the part of what is left after the fixed parts (system prompt, query, framing)
+    a section may take, and what a section leaves unused flows to the next one. A share of 1.0 means "whatever is left":
+    pinned facts take what they need first (dropped last), retrieved items get the rest
+    (dropped first)."""
+
+    system_prompt: str = (
+        "You are a helpful assistant. Use the pinned facts, the summary and the retrieved "
+        "context when they are relevant to the user's request."
+    )
+    # Pinned facts may take everything: they are dropped last.
+    pinned_share: float = Field(default=1.0, ge=0, le=1)
+    summary_share: float = Field(default=0.2, ge=0, le=1)
+    recent_share: float = Field(default=0.3, ge=0, le=1)
+    retrieved_share: float = Field(default=1.0, ge=0, le=1)
+    # One tool result in the recent turns is cut to this many tokens (with a note).
+    max_tool_result_tokens: int = Field(default=512, ge=16)
+    recent_fetch_limit: int = Field(default=200, gt=0)
+    retrieve_limit: int = Field(default=40, gt=0)
+    # Retrieval ranking: blended = (1 - w) * normalized hybrid score + w * recency decay.
+    recency_weight: float = Field(default=0.15, ge=0, le=1)
+    recency_half_life_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    # Freshness classes per event kind, and each class's staleness bound in seconds.
+    freshness_classes: dict[str, str] = Field(
+        default_factory=lambda: {
+            "message": "realtime",
+            "fact": "realtime",
+            "tool_result": "near_real_time",
+            "document": "batch",
+        }
+    )
+    staleness_bounds_s: dict[str, float] = Field(
+        default_factory=lambda: {"realtime": 2.0, "near_real_time": 30.0, "batch": 3600.0}
+    )
+    hot_timeout_s: float = Field(default=0.5, gt=0)
+    semantic_timeout_s: float = Field(default=2.0, gt=0)
+    cold_timeout_s: float = Field(default=2.0, gt=0)
+    summary_timeout_s: float = Field(default=0.5, gt=0)
+    # Read-your-writes: how long a request waits for its positions when it names no deadline.
+    default_wait_ms: int = Field(default=2000, ge=0)
+    max_wait_ms: int = Field(default=10000, ge=0)
+    # "local": LocalTokenCounter (conservative, no I/O). "anthropic": the count_tokens API
+    # for ``anthropic_model`` when ANTHROPIC_API_KEY is set, else local.
+    counter: Literal["local", "anthropic"] = "local"
+    anthropic_model: str = "claude-sonnet-4-5"
+    # Store every window in the cold tier and log it to kafka.windows_topic.
+    record_windows: bool = True
+
+
+class SummarizerSettings(_Group):
+    """Running-summary generation with Claude, and its offline (extractive) fallback.
+
+    Claude is used only when ``api_key`` is set; without it every summary is extractive.
+    """
+
+    # A cheap model: summaries are background work, compression not reasoning.
+    model: str = "claude-haiku-4-5"
+    # None: the SDK's default (api.anthropic.com). Tests point it at a loopback fake.
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    # Per HTTP attempt; the whole call (retries and backoff included) is bounded separately
+    # so a misbehaving API delays a summary, never the stream.
+    timeout_s: float = Field(default=30.0, gt=0)
+    total_timeout_s: float = Field(default=120.0, gt=0)
+    # Our retry loop (the SDK's own is disabled so there is one policy, one breaker).
+    max_retries: int = Field(default=4, ge=0)
+    retry_base_delay_s: float = Field(default=0.5, ge=0)
+    retry_max_delay_s: float = Field(default=20.0, ge=0)
+    retry_after_cap_s: float = Field(default=60.0, ge=0)
+    concurrency: int = Field(default=4, ge=1)
+    max_output_tokens: int = Field(default=1024, gt=0)
+    # Consecutive failed attempts that open the breaker, and how long it stays open.
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=30.0, ge=0)
+    # Recent turns the assembly shows verbatim; older history is what gets summarized.
+    recent_turns: int = Field(default=20, ge=1)
+    # Fold older turns once they exceed this many tokens (well before the window needs it).
+    trigger_tokens: int = Field(default=1500, gt=0)
+    # Target size of a running summary (the extractive fallback enforces it exactly).
+    summary_max_tokens: int = Field(default=600, gt=0)
+    # Which prompt template (processors.summarize.prompt.PROMPTS); recorded on every summary.
+    prompt_version: str = "summary-v1"
+    # model prefix -> (input, output) USD per million tokens; overrides the built-in table.
+    prices_usd_per_mtok: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CTX_",
@@ -128,6 +216,8 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     stack: StackSettings = StackSettings()
     api: ApiSettings = ApiSettings()
+    summarizer: SummarizerSettings = SummarizerSettings()
+    assembly: AssemblySettings = AssemblySettings()
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,68 @@
+"""Claude when it works, the extractive summarizer when it does not: never fails.
+
+The result's ``method`` says which one produced it, so a later pass can upgrade
+extractive summaries once the API is back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from ctxpipe.settings import SummarizerSettings
+from processors.summarize.claude import ClaudeSummarizer
+from processors.summarize.exceptions import SummarizerError
+from processors.summarize.extractive import ExtractiveSummarizer
+from processors.summarize.types import SummaryResult
+from processors.tokens import TokenCounter
+from processors.types import Chunk
+
+log = logging.getLogger(__name__)
+
+
+class ResilientSummarizer:
+    def __init__(
+        self,
+        *,
+        claude: ClaudeSummarizer | None,
+        extractive: ExtractiveSummarizer,
+    ) -> None:
+        self.claude = claude
+        self.extractive = extractive
+        self.fallbacks = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: SummarizerSettings, *, counter: TokenCounter | None = None
+    ) -> ResilientSummarizer:
+        """Claude only when a key is configured; the fallback always."""
+        claude = ClaudeSummarizer(settings) if settings.api_key is not None else None
+        return cls(
+            claude=claude,
+            extractive=ExtractiveSummarizer(max_tokens=settings.summary_max_tokens, counter=counter),
+        )
+
+    @property
+    def claude_available(self) -> bool:
+        """Whether a call now would try Claude (configured and the breaker lets it)."""
+        return self.claude is not None and self.claude.breaker.would_allow()
+
+    async def aclose(self) -> None:
+        if self.claude is not None:
+            await self.claude.aclose()
+
+    async def summarize(self, previous: str | None, turns: Sequence[Chunk]) -> SummaryResult:
+        reason: str
+        if self.claude is None:
+            reason = "not configured"
+        elif not self.claude.breaker.would_allow():
+            reason = "circuit open"  # skip even the first attempt: fall back at once
+        else:
+            try:
+                return await self.claude.summarize(previous, turns)
+            except SummarizerError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                log.warning("claude summary failed, using the extractive fallback: %s", reason)
+        self.fallbacks += 1
+        result = await self.extractive.summarize(previous, turns)
+        return result.model_copy(update={"fallback_reason": reason})
