@@ -1,5 +1,5 @@
-"""The HTTP API (FastAPI). For now: health, metrics and a per-scope view of the tiers;
-the budgeted context endpoint (``POST /v1/context``) comes with the assembly issue."""
+"""The HTTP API (FastAPI): the budgeted context endpoint (``POST /v1/context``), health,
+metrics and a per-scope view of the tiers."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from assembly.auth import tenant_guard
+from assembly.auth import check_tenant, tenant_guard
+from assembly.exceptions import BudgetTooSmallError
+from assembly.models import ContextRequest, ContextResponse
+from assembly.service import AssemblyService
 from ctxpipe.runtime import Runtime
 
 RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
@@ -19,9 +22,10 @@ RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
 def create_api(open_runtime: RuntimeFactory) -> FastAPI:
     @asynccontextmanager
     async def lifespan(api: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime() as runtime:
+        async with open_runtime() as runtime, AssemblyService(runtime) as assembly:
             api.state.runtime = runtime
             api.state.settings = runtime.settings
+            api.state.assembly = assembly
             yield
 
     api = FastAPI(title="ctxpipe", version="0.1.0", lifespan=lifespan)
@@ -37,6 +41,19 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
     @api.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @api.post("/v1/context", response_model=ContextResponse)
+    async def context(
+        request: Request, body: ContextRequest, x_api_key: str | None = Header(default=None)
+    ) -> ContextResponse:
+        """The best context for this scope and query within ``budget_tokens``, ready for
+        the Messages API. A failed tier gives a smaller answer with ``degraded: true``."""
+        check_tenant(request.app.state.settings.api, body.tenant, x_api_key)
+        assembly: AssemblyService = request.app.state.assembly
+        try:
+            return await assembly.assemble(body)
+        except BudgetTooSmallError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
 
     @api.get("/v1/scopes/{tenant}/{scope}")
     async def scope_view(

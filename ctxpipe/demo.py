@@ -49,5 +49,11 @@ async def run_demo(settings: Settings, *, scope: str = "session:demo", timeout_s
                 print("the worker did not catch up in time; see the service log")
                 return
             await asyncio.sleep(0.3)
+        counters = [
+            line for line in (await client.get("/metrics")).text.splitlines()
+            if line.startswith(("ctxpipe_events_", "ctxpipe_embedding_cache_hits_total"))
+        ]
     print("what the tiers hold for demo/" + scope + ":")
     print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
+    print("worker counters since start:")
+    print("\n".join(counters))

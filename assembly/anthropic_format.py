@@ -1,0 +1,163 @@
+"""The Messages API layout of a window, and how its tokens are counted.
+
+Layout:
+
+* ``system``: text blocks ``[system prompt, pinned facts, summary]`` (the last two only when
+  present); the last block carries ``cache_control: ephemeral``, so the whole stable prefix
+  is one prompt-cache breakpoint. Nothing request-specific (trace ids, ages, times, the
+  query) ever goes there, so two queries on the same scope state share the prefix byte for
+  byte.
+* ``messages``: the recent turns, strictly alternating and starting with ``user``
+  (same-role turns merged; a leading assistant turn gets a user turn before it), then a
+  final user turn holding the retrieved material and the query.
+
+Token accounting (what ``used_tokens`` means): every text block is charged its counted
+tokens plus :data:`BLOCK_OVERHEAD_TOKENS`, every message :data:`MESSAGE_OVERHEAD_TOKENS`,
+and the request :data:`REQUEST_OVERHEAD_TOKENS`. The overheads over-estimate the few
+tokens of role and block framing Claude adds, so a window within budget by this count
+is within budget when sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Literal
+
+import orjson
+
+Role = Literal["user", "assistant"]
+
+REQUEST_OVERHEAD_TOKENS: Final = 8
+MESSAGE_OVERHEAD_TOKENS: Final = 5
+BLOCK_OVERHEAD_TOKENS: Final = 3
+
+FACTS_HEADER: Final = "Pinned facts (always in force for this conversation):"
+SUMMARY_HEADER: Final = "Summary of the earlier conversation:"
+RETRIEVED_HEADER: Final = (
+    "Retrieved context that may be relevant to my request (reference material, "
+    "not part of our conversation):"
+)
+CONTINUES_TEXT: Final = "[The conversation continues from earlier messages that are not shown.]"
+TOOL_RESULT_PREFIX: Final = "[tool result]\n"
+CACHE_CONTROL: Final = {"type": "ephemeral"}
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: Role
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    blocks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What is sent, as plain strings; :meth:`system_payload`/:meth:`messages_payload` give
+    the API's JSON shapes."""
+
+    system: tuple[str, ...]
+    messages: tuple[Message, ...] = field(default_factory=tuple)
+
+    def system_payload(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in self.system]
+        if blocks:
+            blocks[-1]["cache_control"] = dict(CACHE_CONTROL)
+        return blocks
+
+    def messages_payload(self) -> list[dict[str, Any]]:
+        return [
+            {"role": m.role, "content": [{"type": "text", "text": b} for b in m.blocks]}
+            for m in self.messages
+        ]
+
+
+def facts_text(facts: Sequence[str]) -> str:
+    return FACTS_HEADER + "".join(f"\n- {f}" for f in facts)
+
+
+def fact_line(fact: str) -> str:
+    """What one fact adds to :func:`facts_text` (for per-item costs)."""
+    return f"\n- {fact}"
+
+
+def summary_text(summary: str) -> str:
+    return f"{SUMMARY_HEADER}\n{summary}"
+
+
+def retrieved_text(text: str, *, kind: str, scope: str, occurred_at: datetime) -> str:
+    # Dates help the model weigh old material; they live in the final turn, not the prefix.
+    return f'<item kind="{kind}" scope="{scope}" date="{occurred_at.date().isoformat()}">\n{text}\n</item>'
+
+
+def build_layout(
+    *,
+    system_prompt: str,
+    facts: Sequence[str],
+    summary: str | None,
+    note: str | None,
+    history: Sequence[Turn],
+    retrieved: Sequence[str],
+    query: str,
+) -> Layout:
+    system = [system_prompt]
+    if facts:
+        system.append(facts_text(facts))
+    if summary:
+        system.append(summary_text(summary))
+
+    turns: list[Turn] = []
+    if note:
+        turns.append(Turn("user", note))
+    turns.extend(history)
+    if turns and turns[0].role == "assistant":
+        turns.insert(0, Turn("user", CONTINUES_TEXT))
+    final: list[str] = []
+    if retrieved:
+        final.append(RETRIEVED_HEADER)
+        final.extend(retrieved)
+    final.append(query)
+    turns.extend(Turn("user", b) for b in final)
+
+    messages: list[Message] = []
+    for turn in turns:
+        if messages and messages[-1].role == turn.role:
+            prev = messages[-1]
+            messages[-1] = Message(prev.role, (*prev.blocks, turn.text))
+        else:
+            messages.append(Message(turn.role, (turn.text,)))
+    return Layout(system=tuple(system), messages=tuple(messages))
+
+
+def count_layout(layout: Layout, count: Callable[[str], int]) -> int:
+    """Tokens of everything the layout sends, overheads included (see the module doc)."""
+    total = REQUEST_OVERHEAD_TOKENS
+    for text in layout.system:
+        total += count(text) + BLOCK_OVERHEAD_TOKENS
+    for message in layout.messages:
+        total += MESSAGE_OVERHEAD_TOKENS
+        for text in message.blocks:
+            total += count(text) + BLOCK_OVERHEAD_TOKENS
+    return total
+
+
+def stable_prefix_bytes(layout: Layout) -> bytes:
+    """The bytes of the cached prefix (the ``system`` payload, canonical JSON)."""
+    return orjson.dumps(layout.system_payload(), option=orjson.OPT_SORT_KEYS)
+
+
+def prefix_sha256(layout: Layout) -> str:
+    return hashlib.sha256(stable_prefix_bytes(layout)).hexdigest()
+
+
+def check_alternation(messages: Sequence[dict[str, Any]]) -> bool:
+    """True when roles alternate strictly, starting and ending with user."""
+    if not messages or messages[0]["role"] != "user" or messages[-1]["role"] != "user":
+        return False
+    return all(a["role"] != b["role"] for a, b in zip(messages, messages[1:]))

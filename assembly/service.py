@@ -1,0 +1,526 @@
+"""The assembly service: fetch the tiers in parallel, build the window, record it.
+
+Per request:
+
+1. read-your-writes: when the request names positions, poll the worker's applied offsets
+   until they are reached or the deadline passes (then ``pending_writes``);
+2. fetch in parallel, each with its own timeout: hot (recent turns, facts of every
+   requested scope, watermarks), semantic (query embedding + hybrid search across the
+   scopes, tenant-filtered by the store), summary. A failing or slow tier makes the answer
+   smaller and ``degraded``, never an error; an expired (or unreachable) hot scope is read
+   through from the cold tier's snapshot, and an expired one refilled;
+3. build the window (:mod:`assembly.window`, pure) and answer;
+4. in the background: store the window in the cold tier and log it to Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Generic, Protocol, Self, TypeVar, cast
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from assembly import metrics
+from assembly.anthropic_format import prefix_sha256
+from assembly.models import (
+    SECTION_ORDER,
+    AnthropicPayload,
+    ContextRequest,
+    ContextResponse,
+    FreshnessClass,
+    FreshnessOut,
+    OmittedOut,
+    PositionsOut,
+    SectionName,
+    SectionOut,
+    StreamPosition,
+    TierName,
+    Watermark,
+    WindowItemOut,
+)
+from assembly.window import Hit, Summary, Window, WindowConfig, build_window, minimum_budget
+from assembly.exceptions import BudgetTooSmallError
+from ctxpipe.errors import CtxPipeError
+from ctxpipe.settings import AssemblySettings, Settings
+from processors.embedding import CachedEmbedder
+from processors.tokens import AnthropicTokenCounter, LocalTokenCounter, TokenCounter
+from processors.types import Chunk
+from storage.cold import ColdStore, window_key
+from storage.hot import HotStore
+from storage.hot import Watermark as HotWatermark
+from storage.semantic.base import SemanticStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_QUERY_CACHE_SIZE: Final = 4096
+_POLL_FIRST_S: Final = 0.01
+_POLL_MAX_S: Final = 0.1
+WINDOW_FORMAT_VERSION: Final = 1
+
+
+class SummaryProvider(Protocol):
+    """Where the running summary of a scope comes from (issue 5 plugs its store in)."""
+
+    async def get(self, tenant: str, scope: str) -> Summary | None: ...
+
+
+class NoSummaries:
+    async def get(self, tenant: str, scope: str) -> Summary | None:
+        return None
+
+
+class Tiers(Protocol):
+    """What the service needs from :class:`ctxpipe.runtime.Runtime`."""
+
+    settings: Settings
+    hot: HotStore
+    semantic: SemanticStore
+    cold: ColdStore
+    embedder: CachedEmbedder
+
+
+@dataclass(slots=True)
+class _Fetched(Generic[T]):
+    tier: str
+    value: T | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _HotData:
+    recent: list[Chunk]
+    facts: list[Chunk]
+    watermarks: dict[str, HotWatermark]
+    expired: bool
+    source: TierName = "hot"
+
+
+@dataclass(slots=True)
+class _Wait:
+    pending: bool = False
+    waited_ms: float = 0.0
+    applied: dict[int, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+def make_counter(settings: AssemblySettings) -> TokenCounter:
+    """The configured counter: Anthropic's API when chosen and a key is set, else local."""
+    if settings.counter == "anthropic":
+        remote = AnthropicTokenCounter.from_env(settings.anthropic_model)
+        if remote is not None:
+            return remote
+        log.warning("assembly.counter=anthropic but ANTHROPIC_API_KEY is unset: using the local counter")
+    return LocalTokenCounter()
+
+
+async def _timed(tier: str, timeout_s: float, work: Awaitable[T]) -> _Fetched[T]:
+    """Run one tier fetch with its own timeout; failures become a reason, never an error."""
+    start = time.perf_counter()
+    out: _Fetched[T] = _Fetched(tier)
+    try:
+        out.value = await asyncio.wait_for(work, timeout=timeout_s)
+        outcome = "ok"
+    except TimeoutError:
+        out.error = f"{tier}: timed out after {timeout_s:g}s"
+        outcome = "timeout"
+    except (CtxPipeError, OSError) as exc:
+        out.error = f"{tier}: {exc}"
+        outcome = "error"
+    out.seconds = time.perf_counter() - start
+    metrics.TIER_SECONDS.labels(tier=tier, outcome=outcome).observe(out.seconds)
+    return out
+
+
+class WindowRecorder:
+    """Stores every window in the cold tier and logs it to the windows topic, in
+    background tasks so the request never waits; :meth:`drain` awaits them (tests, shutdown)."""
+
+    def __init__(self, cold: ColdStore, settings: Settings) -> None:
+        self._cold = cold
+        self._topic = settings.kafka.windows_topic
+        self._bootstrap = settings.kafka.bootstrap_servers
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def record(self, tenant: str, scope: str, trace_id: str, doc: dict[str, Any]) -> None:
+        task = asyncio.create_task(self._store(tenant, scope, trace_id, doc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.drain()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def _store(self, tenant: str, scope: str, trace_id: str, doc: dict[str, Any]) -> None:
+        payload = orjson.dumps(doc)
+        try:
+            await self._cold.put_bytes(window_key(tenant, trace_id), payload, content_type="application/json")
+        except CtxPipeError as exc:
+            metrics.RECORD_ERRORS.labels(sink="cold").inc()
+            log.warning("window %s not stored in the cold tier: %s", trace_id, exc)
+        try:
+            producer = await self._get_producer()
+            await producer.send_and_wait(self._topic, value=payload, key=f"{tenant}/{scope}".encode())
+        except Exception as exc:  # a logging sink must never break the service
+            metrics.RECORD_ERRORS.labels(sink="kafka").inc()
+            log.warning("window %s not logged to %s: %r", trace_id, self._topic, exc)
+
+    async def _get_producer(self) -> AIOKafkaProducer:
+        async with self._producer_lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks=1, linger_ms=5)
+                await producer.start()
+                self._producer = producer
+            return self._producer
+
+
+class AssemblyService:
+    def __init__(
+        self,
+        tiers: Tiers,
+        *,
+        counter: TokenCounter | None = None,
+        summaries: SummaryProvider | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.tiers = tiers
+        self.settings = tiers.settings
+        self.config = tiers.settings.assembly
+        self.counter = counter if counter is not None else make_counter(self.config)
+        self.summaries = summaries if summaries is not None else NoSummaries()
+        self.recorder = WindowRecorder(tiers.cold, tiers.settings)
+        self._clock = clock
+        self._query_vectors: OrderedDict[str, list[float]] = OrderedDict()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.drain()
+        await self.recorder.aclose()
+
+    async def drain(self) -> None:
+        """Wait for background work (window records, hot refills)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+        await self.recorder.drain()
+
+    # -- the request --------------------------------------------------------------------
+
+    async def assemble(self, request: ContextRequest) -> ContextResponse:
+        start = time.perf_counter()
+        trace_id = uuid.uuid4().hex
+        system_prompt = request.system_prompt if request.system_prompt is not None else self.config.system_prompt
+        minimum = minimum_budget(system_prompt, self.counter)
+        if request.budget_tokens < minimum:
+            raise BudgetTooSmallError(request.budget_tokens, minimum)
+        scopes = list(dict.fromkeys([request.scope, *request.scopes]))
+        reasons: list[str] = []
+
+        wait = await self._wait_for_positions(request)
+        if wait.error:
+            reasons.append(wait.error)
+            metrics.DEGRADED.labels(tier="hot").inc()
+
+        hot_f, sem_f, sum_f = await asyncio.gather(
+            _timed("hot", self.config.hot_timeout_s, self._fetch_hot(request.tenant, request.scope, scopes)),
+            _timed("semantic", self.config.semantic_timeout_s, self._fetch_semantic(request, scopes)),
+            _timed("summary", self.config.summary_timeout_s, self.summaries.get(request.tenant, request.scope)),
+        )
+        hot = hot_f.value
+        if hot is None or hot.expired:
+            if hot_f.error:
+                reasons.append(hot_f.error)
+                metrics.DEGRADED.labels(tier="hot").inc()
+            hot = await self._read_through(request.tenant, scopes, hot, reasons)
+        if sem_f.error:
+            reasons.append(sem_f.error)
+            metrics.DEGRADED.labels(tier="semantic").inc()
+        if sum_f.error:
+            reasons.append(sum_f.error)
+            metrics.DEGRADED.labels(tier="summary").inc()
+
+        now = self._clock()
+        window = build_window(
+            query=request.query,
+            budget_tokens=request.budget_tokens,
+            counter=self.counter,
+            config=self._window_config(request, system_prompt),
+            facts=hot.facts if hot else [],
+            summary=sum_f.value,
+            recent=hot.recent if hot else [],
+            hits=sem_f.value or [],
+            now=now,
+        )
+        response = self._response(request, trace_id, window, hot, sem_f, wait, reasons, now)
+        self._observe(response, time.perf_counter() - start)
+        if self.config.record_windows:
+            self.recorder.record(request.tenant, request.scope, trace_id, self._record(request, response))
+        return response
+
+    # -- tiers --------------------------------------------------------------------------
+
+    async def _wait_for_positions(self, request: ContextRequest) -> _Wait:
+        out = _Wait()
+        source = self.settings.kafka.source_topic
+        if not request.wait_for:
+            return out
+        want: dict[str, dict[int, int]] = {}
+        for pos in request.wait_for:
+            topic = pos.topic or source
+            want.setdefault(topic, {})
+            want[topic][pos.partition] = max(want[topic].get(pos.partition, -1), pos.offset)
+        deadline_ms = request.deadline_ms if request.deadline_ms is not None else self.config.default_wait_ms
+        deadline = time.monotonic() + min(deadline_ms, self.config.max_wait_ms) / 1000
+        start = time.monotonic()
+        pause = _POLL_FIRST_S
+        while True:
+            reached = True
+            try:
+                for topic, parts in want.items():
+                    got = await asyncio.wait_for(
+                        self.tiers.hot.applied_offsets(topic=topic), timeout=self.config.hot_timeout_s
+                    )
+                    if topic == source:
+                        out.applied = got
+                    if any(got.get(p, -1) < off for p, off in parts.items()):
+                        reached = False
+            except (TimeoutError, CtxPipeError, OSError) as exc:
+                out.error = f"hot: read-your-writes check failed: {exc or 'timed out'}"
+                out.pending = True
+                break
+            if reached or time.monotonic() >= deadline:
+                out.pending = not reached
+                break
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, _POLL_MAX_S)
+        out.waited_ms = (time.monotonic() - start) * 1000
+        return out
+
+    async def _fetch_hot(self, tenant: str, scope: str, scopes: Sequence[str]) -> _HotData:
+        hot = self.tiers.hot
+        recent_t = hot.recent(tenant, scope, limit=self.config.recent_fetch_limit)
+        facts_t = [hot.facts(tenant, s) for s in scopes]
+        marks_t = [hot.watermark(tenant, s) for s in scopes]
+        results = await asyncio.gather(recent_t, *facts_t, *marks_t)
+        recent = cast(list[Chunk], results[0])
+        facts_lists = cast(list[list[Chunk]], results[1 : 1 + len(scopes)])
+        marks = cast(list[HotWatermark | None], results[1 + len(scopes) :])
+        facts = [f for group in facts_lists for f in group]
+        watermarks = {s: m for s, m in zip(scopes, marks, strict=True) if m is not None}
+        # Nothing at all for the main scope: maybe never written, maybe expired.
+        expired = not recent and not facts_lists[0] and scope not in watermarks
+        return _HotData(recent, facts, watermarks, expired)
+
+    async def _read_through(
+        self, tenant: str, scopes: Sequence[str], hot: _HotData | None, reasons: list[str]
+    ) -> _HotData | None:
+        """Serve the main scope from the cold snapshot; refill the hot tier when it was
+        only expired (a dead hot tier is not written to)."""
+        scope = scopes[0]
+        got = await _timed("cold", self.config.cold_timeout_s, self.tiers.cold.get_scope_snapshot(tenant, scope))
+        if got.error:
+            reasons.append(got.error)
+            metrics.DEGRADED.labels(tier="cold").inc()
+            metrics.READ_THROUGH.labels(outcome="error").inc()
+            return hot
+        chunks = got.value or []
+        if not chunks:
+            metrics.READ_THROUGH.labels(outcome="empty").inc()
+            return hot
+        metrics.READ_THROUGH.labels(outcome="hit").inc()
+        from streams.events import EventKind  # local: only this path needs it
+
+        recent = [c for c in chunks if c.kind is not EventKind.FACT][-self.config.recent_fetch_limit :]
+        facts = [c for c in chunks if c.kind is EventKind.FACT]
+        if hot is not None:
+            facts = facts + hot.facts  # facts of the other scopes came from the live hot tier
+            task = asyncio.create_task(self._refill(chunks))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return _HotData(recent, facts, hot.watermarks if hot else {}, expired=False, source="cold")
+
+    async def _refill(self, chunks: Sequence[Chunk]) -> None:
+        try:
+            await self.tiers.hot.upsert_items(chunks)
+        except CtxPipeError as exc:
+            log.warning("hot refill after read-through failed: %s", exc)
+
+    async def _fetch_semantic(self, request: ContextRequest, scopes: Sequence[str]) -> list[Hit]:
+        vector = await self._query_vector(request.query)
+        hits = await self.tiers.semantic.search(
+            request.tenant, scopes, vector, request.query, limit=self.config.retrieve_limit
+        )
+        # Defence in depth: the store filters by tenant; never trust one layer alone.
+        return [Hit(h.chunk, h.score) for h in hits if h.chunk.tenant == request.tenant]
+
+    async def _query_vector(self, query: str) -> list[float]:
+        cached = self._query_vectors.get(query)
+        if cached is not None:
+            self._query_vectors.move_to_end(query)
+            metrics.EMBED_CACHE.labels(result="hit").inc()
+            return cached
+        metrics.EMBED_CACHE.labels(result="miss").inc()
+        vector = (await self.tiers.embedder.embed([query]))[0]
+        self._query_vectors[query] = vector
+        if len(self._query_vectors) > _QUERY_CACHE_SIZE:
+            self._query_vectors.popitem(last=False)
+        return vector
+
+    # -- shaping the answer -------------------------------------------------------------
+
+    def _window_config(self, request: ContextRequest, system_prompt: str) -> WindowConfig:
+        c = self.config
+        shares: dict[SectionName, float] = {
+            "pinned": c.pinned_share, "summary": c.summary_share,
+            "recent": c.recent_share, "retrieved": c.retrieved_share,
+        }
+        caps: dict[SectionName, int | None] = {}
+        for name, override in request.sections.items():
+            if override.share is not None:
+                shares[name] = override.share
+            caps[name] = override.max_tokens
+        return WindowConfig(
+            system_prompt=system_prompt,
+            shares=shares,
+            max_tokens=caps,
+            max_tool_result_tokens=c.max_tool_result_tokens,
+            recency_weight=c.recency_weight,
+            recency_half_life_s=c.recency_half_life_s,
+        )
+
+    def _freshness_class(self, kind: str) -> FreshnessClass:
+        value = self.config.freshness_classes.get(kind, "batch")
+        return cast(FreshnessClass, value if value in ("realtime", "near_real_time", "batch") else "batch")
+
+    def _response(
+        self,
+        request: ContextRequest,
+        trace_id: str,
+        window: Window,
+        hot: _HotData | None,
+        sem: _Fetched[list[Hit]],
+        wait: _Wait,
+        reasons: list[str],
+        now: datetime,
+    ) -> ContextResponse:
+        bounds = self.config.staleness_bounds_s
+        hot_tier: TierName = "none" if hot is None else hot.source
+        main_mark = hot.watermarks.get(request.scope) if hot else None
+        tiers: dict[SectionName, TierName] = {
+            "pinned": hot_tier, "recent": hot_tier,
+            "retrieved": "semantic" if sem.value is not None else "none",
+            "summary": "summary" if window.summary is not None else "none",
+        }
+        default_kind: dict[SectionName, str] = {
+            "pinned": "fact", "recent": "message", "retrieved": "document", "summary": "document"
+        }
+        order = ("realtime", "near_real_time", "batch")
+        sections: list[SectionOut] = []
+        for name in SECTION_ORDER:
+            sec = window.sections[name]
+            kinds = {i.chunk.kind.value for i in sec.items} or {default_kind[name]}
+            fclass = max((self._freshness_class(k) for k in kinds), key=order.index)
+            mark: Watermark | dict[str, int] | None = None
+            if name in ("pinned", "recent") and main_mark is not None:
+                mark = Watermark(partition=main_mark.partition, offset=main_mark.offset, updated_at=main_mark.updated_at)
+            elif name == "retrieved" and wait.applied:
+                mark = {str(p): o for p, o in sorted(wait.applied.items())}
+            items = [
+                WindowItemOut(
+                    event_id=i.chunk.event_id, chunk_id=i.chunk.chunk_id, scope=i.chunk.scope,
+                    kind=i.chunk.kind.value, role=i.chunk.role.value if i.chunk.role else None,
+                    text=i.text, tokens=i.tokens, occurred_at=i.chunk.occurred_at,
+                    age_seconds=round(max(0.0, (now - i.chunk.occurred_at).total_seconds()), 3),
+                    score=i.score, truncated=i.truncated, metadata=i.chunk.metadata,
+                )
+                for i in sec.items
+            ]
+            sections.append(SectionOut(
+                name=name, budget_tokens=sec.budget_tokens, used_tokens=sec.used_tokens,
+                tier=tiers[name], freshness_class=fclass, staleness_bound_s=bounds.get(fclass),
+                watermark=mark, items=items,
+            ))
+        degraded = bool(reasons)
+        required = request.freshness
+        hot_ok = hot is not None and hot.source == "hot"
+        satisfied = not wait.pending and (
+            required is None
+            or (required == "realtime" and hot_ok)
+            or (required == "near_real_time" and (hot_ok or sem.value is not None))
+            or required == "batch"
+        )
+        layout = window.layout
+        return ContextResponse(
+            trace_id=trace_id, tenant=request.tenant, scope=request.scope,
+            budget_tokens=request.budget_tokens, used_tokens=window.used_tokens,
+            counter=type(self.counter).__name__,
+            sections=sections,
+            omitted=[OmittedOut(event_id=o.event_id, section=o.section, reason=o.reason) for o in window.omitted],
+            notes=window.notes, degraded=degraded, degraded_reasons=reasons,
+            pending_writes=wait.pending,
+            freshness=FreshnessOut(
+                required=required, satisfied=satisfied,
+                classes={k: self._freshness_class(k) for k in self.config.freshness_classes},
+                staleness_bounds_s=dict(bounds),
+            ),
+            positions=PositionsOut(
+                topic=self.settings.kafka.source_topic, applied=wait.applied,
+                scope_watermarks={
+                    s: Watermark(partition=m.partition, offset=m.offset, updated_at=m.updated_at)
+                    for s, m in (hot.watermarks.items() if hot else [])
+                },
+                wait_for=list(request.wait_for), pending_writes=wait.pending,
+                waited_ms=round(wait.waited_ms, 3),
+            ),
+            prefix_sha256=prefix_sha256(layout),
+            anthropic=AnthropicPayload(system=layout.system_payload(), messages=layout.messages_payload()),
+        )
+
+    def _observe(self, response: ContextResponse, seconds: float) -> None:
+        metrics.REQUEST_SECONDS.observe(seconds)
+        metrics.WINDOW_TOKENS.observe(response.used_tokens)
+        for sec in response.sections:
+            metrics.SECTION_TOKENS.labels(section=sec.name).observe(sec.used_tokens)
+        if response.pending_writes:
+            metrics.PENDING_WRITES.inc()
+
+    def _record(self, request: ContextRequest, response: ContextResponse) -> dict[str, Any]:
+        """What reproduction needs: the request, the answer, versions and positions."""
+        return {
+            "format_version": WINDOW_FORMAT_VERSION,
+            "trace_id": response.trace_id,
+            "recorded_at": time.time(),
+            "request": request.model_dump(mode="json"),
+            "response": response.model_dump(mode="json"),
+            "positions": response.positions.model_dump(mode="json"),
+            "versions": {
+                "embedding_model": self.tiers.embedder.model_name,
+                "counter": type(self.counter).__name__,
+                "assembly_settings": self.config.model_dump(mode="json"),
+            },
+        }

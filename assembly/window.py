@@ -1,0 +1,635 @@
+"""The window builder: pure (no I/O, no clock), so every budget rule is unit-testable.
+
+Given pinned facts, an optional summary, the recent turns (oldest first) and retrieved
+hits, it fills the sections in priority order ``pinned, summary, recent, retrieved``:
+
+* each section may use ``share * free`` tokens (``free`` = the budget minus the fixed parts:
+  framing, system prompt, query) plus what the sections before it left unused; a share of
+  1.0 means "whatever is left" (pinned facts take what they need, retrieved gets the rest);
+* so on overflow retrieved items go first, then older turns, then the summary, and pinned
+  facts last;
+* recent turns are kept newest first in whole exchanges (a user turn with the assistant
+  turns that answer it), so a cut never splits a user/assistant pair;
+* an item is placed once: a retrieved chunk of an event already in pinned or recent, or
+  with the same text as a placed one, is skipped;
+* whatever was cut is listed in ``omitted`` and, for history, facts and the summary, said in a
+  short note inside the window ("never silently drop context").
+
+The result is then rendered (:mod:`assembly.anthropic_format`) and counted exactly as it
+will be sent; if the exact count is over the budget (a counter that is not additive), items
+are dropped in drop order until it fits, so ``used_tokens <= budget_tokens`` always holds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from assembly.anthropic_format import (
+    BLOCK_OVERHEAD_TOKENS,
+    MESSAGE_OVERHEAD_TOKENS,
+    REQUEST_OVERHEAD_TOKENS,
+    RETRIEVED_HEADER,
+    TOOL_RESULT_PREFIX,
+    Layout,
+    Turn,
+    Role as ApiRole,
+    build_layout,
+    count_layout,
+    fact_line,
+    facts_text,
+    retrieved_text,
+    summary_text,
+)
+from assembly.exceptions import BudgetTooSmallError
+from assembly.models import SECTION_ORDER, SectionName
+from processors.tokens import TokenCounter, truncate_to_tokens
+from processors.types import Chunk
+from streams.events import EventKind, Role
+
+# A summary cut below this many tokens says too little to be worth its framing.
+_MIN_SUMMARY_TOKENS: Final = 16
+_TRUNCATED_MARK: Final = "\n[... truncated]"
+_WS: Final = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The running summary of older history (issue 5 produces it)."""
+
+    text: str
+    event_id: str = "summary"
+    occurred_at: datetime | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A retrieved candidate with its engine score (only the order matters)."""
+
+    chunk: Chunk
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    system_prompt: str
+    shares: Mapping[SectionName, float]
+    max_tokens: Mapping[SectionName, int | None] = field(default_factory=dict)
+    max_tool_result_tokens: int = 512
+    recency_weight: float = 0.15
+    recency_half_life_s: float = 7 * 24 * 3600.0
+
+
+@dataclass(slots=True)
+class PlacedItem:
+    chunk: Chunk
+    text: str
+    tokens: int
+    score: float | None = None
+    truncated: bool = False
+
+
+@dataclass(slots=True)
+class SectionResult:
+    name: SectionName
+    budget_tokens: int = 0
+    used_tokens: int = 0
+    items: list[PlacedItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Omission:
+    event_id: str
+    section: SectionName
+    reason: str
+
+
+@dataclass(slots=True)
+class Window:
+    budget_tokens: int
+    used_tokens: int
+    sections: dict[SectionName, SectionResult]
+    omitted: list[Omission]
+    notes: list[str]
+    layout: Layout
+    summary: Summary | None = None
+
+
+class _MemoCounter:
+    """Counts each distinct text once per build (the verification loop re-counts)."""
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self._counter = counter
+        self._memo: dict[str, int] = {}
+
+    def __call__(self, text: str) -> int:
+        got = self._memo.get(text)
+        if got is None:
+            got = self._memo[text] = self._counter.count(text)
+        return got
+
+
+@dataclass(slots=True)
+class _Turn:
+    """One event of the recent history (its chunks joined), rendered."""
+
+    chunks: list[Chunk]
+    role: Role
+    text: str
+    truncated: bool
+    cost: int
+
+
+def fixed_cost(system_prompt: str, count: Callable[[str], int]) -> int:
+    """Tokens every window pays before any query text: request, system block, final turn."""
+    return (
+        REQUEST_OVERHEAD_TOKENS
+        + count(system_prompt)
+        + BLOCK_OVERHEAD_TOKENS
+        + MESSAGE_OVERHEAD_TOKENS
+        + BLOCK_OVERHEAD_TOKENS
+    )
+
+
+def minimum_budget(system_prompt: str, counter: TokenCounter) -> int:
+    return fixed_cost(system_prompt, counter.count) + 1
+
+
+def build_window(
+    *,
+    query: str,
+    budget_tokens: int,
+    counter: TokenCounter,
+    config: WindowConfig,
+    facts: Sequence[Chunk],
+    summary: Summary | None,
+    recent: Sequence[Chunk],
+    hits: Sequence[Hit],
+    now: datetime,
+) -> Window:
+    count = _MemoCounter(counter)
+    notes: list[str] = []
+    omitted: list[Omission] = []
+    sections: dict[SectionName, SectionResult] = {name: SectionResult(name) for name in SECTION_ORDER}
+
+    fixed = fixed_cost(config.system_prompt, count)
+    if budget_tokens <= fixed:
+        raise BudgetTooSmallError(budget_tokens, fixed + 1)
+    query_text = _fit_query(query, budget_tokens - fixed, counter)
+    if query_text != query:
+        notes.append("the query was truncated to fit the budget")
+    free = budget_tokens - fixed - count(query_text)
+
+    # Dedup by event: a fact repeated in another scope's facts, a retrieved chunk of a placed turn.
+    placed_events: set[str] = set()
+    remaining = free
+    carry = 0
+    recent_state: _RecentState | None = None
+    for name in SECTION_ORDER:
+        share = config.shares.get(name, 1.0)
+        nominal = remaining if share >= 1.0 else int(share * free) + carry
+        cap = config.max_tokens.get(name)
+        budget = min(remaining, nominal, cap if cap is not None else remaining)
+        section = sections[name]
+        section.budget_tokens = budget
+        if name == "pinned":
+            _fill_pinned(section, facts, count, placed_events, omitted)
+        elif name == "summary":
+            _fill_summary(section, summary, counter, count, omitted, notes)
+        elif name == "recent":
+            recent_state = _RecentState.build(recent, query_text, config, counter, count)
+            recent_state.fill(section, budget, placed_events)
+        else:
+            _fill_retrieved(section, hits, config, count, placed_events, now)
+        remaining -= section.used_tokens
+        # A "take what is left" section passes nothing on: its unused budget is still in `remaining`.
+        carry = 0 if share >= 1.0 else max(0, nominal - section.used_tokens)
+
+    # Budget the retrieved section could not use (too few candidates) goes to older turns.
+    if recent_state is not None and remaining > 0:
+        cap = config.max_tokens.get("recent")
+        extra = remaining if cap is None else max(0, min(remaining, cap - sections["recent"].budget_tokens))
+        if extra > 0:
+            before = sections["recent"].used_tokens
+            sections["recent"].budget_tokens += extra
+            recent_state.fill(sections["recent"], sections["recent"].budget_tokens, placed_events)
+            remaining -= sections["recent"].used_tokens - before
+            _drop_retrieved_now_in_recent(sections["retrieved"], recent_state)
+
+    if recent_state is not None:
+        recent_state.record_omissions(omitted)
+        sections["recent"].items = recent_state.placed_items()
+    for hit in _ranked_leftovers(sections["retrieved"], hits, placed_events):
+        omitted.append(Omission(hit.chunk.event_id, "retrieved", "budget"))
+
+    note_level = 0
+    window = _render(budget_tokens, sections, omitted, notes, config, query_text, summary, count, note_level)
+    # Exact check: drop in drop order until the rendered window fits.
+    while window.used_tokens > budget_tokens:
+        if not _drop_one(sections, recent_state, omitted, include_pinned=False):
+            if note_level < 2:
+                # Shorten the note (then leave it to `omitted`) before touching pinned facts.
+                note_level += 1
+            elif not _drop_one(sections, recent_state, omitted, include_pinned=True):
+                # Only the fixed parts and the query are left, and they fit by construction.
+                raise BudgetTooSmallError(budget_tokens, window.used_tokens)
+        if recent_state is not None:
+            sections["recent"].items = recent_state.placed_items()
+        window = _render(budget_tokens, sections, omitted, notes, config, query_text, summary, count, note_level)
+    return window
+
+
+def _fit_query(query: str, max_tokens: int, counter: TokenCounter) -> str:
+    if counter.count(query) <= max_tokens:
+        return query
+    # Keep the end: the question is usually the last thing in a long message.
+    cut = truncate_to_tokens(query, max_tokens, counter, from_end=True)
+    if not cut.strip():
+        raise BudgetTooSmallError(max_tokens, counter.count(query))
+    return cut
+
+
+def _fill_pinned(
+    section: SectionResult,
+    facts: Sequence[Chunk],
+    count: Callable[[str], int],
+    placed_events: set[str],
+    omitted: list[Omission],
+) -> None:
+    # Deterministic order (oldest first, as the hot tier returns them) keeps the prefix stable.
+    unique: list[Chunk] = []
+    seen_text: dict[str, str] = {}
+    # The newest copy of a repeated fact stands for all of them.
+    for fact in reversed(facts):
+        key = _norm(fact.text)
+        if key in seen_text or fact.event_id in placed_events:
+            omitted.append(Omission(fact.event_id, "pinned", "duplicate"))
+            continue
+        seen_text[key] = fact.event_id
+        placed_events.add(fact.event_id)
+        unique.append(fact)
+    unique.reverse()
+    header = count(facts_text([])) + BLOCK_OVERHEAD_TOKENS
+    costs = [count(fact_line(f.text)) + 1 for f in unique]
+    # Keep the newest facts when they do not all fit: they are most likely still true.
+    keep = [False] * len(unique)
+    used = 0
+    for i in range(len(unique) - 1, -1, -1):
+        extra = costs[i] + (header if used == 0 else 0)
+        if used + extra <= section.budget_tokens:
+            keep[i] = True
+            used += extra
+    for fact, ok, cost in zip(unique, keep, costs, strict=True):
+        if ok:
+            section.items.append(PlacedItem(fact, fact.text, cost))
+        else:
+            placed_events.discard(fact.event_id)
+            omitted.append(Omission(fact.event_id, "pinned", "budget"))
+    section.used_tokens = used
+
+
+def _fill_summary(
+    section: SectionResult,
+    summary: Summary | None,
+    counter: TokenCounter,
+    count: Callable[[str], int],
+    omitted: list[Omission],
+    notes: list[str],
+) -> None:
+    if summary is None or not summary.text.strip():
+        return
+    overhead = count(summary_text("")) + BLOCK_OVERHEAD_TOKENS + 2  # +2: the join may merge worse
+    room = section.budget_tokens - overhead
+    text = summary.text
+    truncated = False
+    if count(text) > room:
+        if room < _MIN_SUMMARY_TOKENS:
+            omitted.append(Omission(summary.event_id, "summary", "budget"))
+            notes.append("the summary of older history was left out")
+            return
+        # Keep the end: the newest part of the summary matters most.
+        text = truncate_to_tokens(text, room, counter, from_end=True)
+        truncated = True
+        omitted.append(Omission(summary.event_id, "summary", "truncated"))
+        notes.append("the summary of older history was shortened")
+    cost = count(summary_text(text)) + BLOCK_OVERHEAD_TOKENS
+    section.items.append(_summary_item(summary, text, cost, truncated))
+    section.used_tokens = cost
+
+
+def _summary_item(summary: Summary, text: str, cost: int, truncated: bool) -> PlacedItem:
+    at = summary.occurred_at or datetime(1970, 1, 1, tzinfo=UTC)
+    chunk = Chunk(
+        chunk_id=summary.event_id, tenant="-", scope="-", event_id=summary.event_id,
+        source_id=summary.event_id, kind=EventKind.DOCUMENT, text=summary.text or "-",
+        tokens=cost, occurred_at=at, metadata=dict(summary.metadata),
+    )
+    return PlacedItem(chunk, text, cost, truncated=truncated)
+
+
+class _RecentState:
+    """Recent turns grouped into exchanges; placing continues from where it stopped, so
+    leftover budget can add older exchanges later."""
+
+    def __init__(self, exchanges: list[list[_Turn]]) -> None:
+        self.exchanges = exchanges
+        # Exchanges placed, counted from the newest; always a contiguous newest suffix.
+        self.taken = 0
+
+    @classmethod
+    def build(
+        cls,
+        recent: Sequence[Chunk],
+        query: str,
+        config: WindowConfig,
+        counter: TokenCounter,
+        count: Callable[[str], int],
+    ) -> _RecentState:
+        turns = _group_turns(recent, config, counter, count)
+        # The current query is often published as a message too: it is sent once, at the end.
+        if turns and turns[-1].role == "user" and _norm(turns[-1].text) == _norm(query):
+            turns.pop()
+        exchanges: list[list[_Turn]] = []
+        for turn in turns:
+            if not exchanges or (turn.role == "user" and exchanges[-1][-1].role == "assistant"):
+                exchanges.append([turn])
+            else:
+                exchanges[-1].append(turn)
+        return cls(exchanges)
+
+    def fill(self, section: SectionResult, budget: int, placed_events: set[str]) -> None:
+        while self.taken < len(self.exchanges):
+            exchange = self.exchanges[len(self.exchanges) - 1 - self.taken]
+            cost = sum(t.cost for t in exchange)
+            if section.used_tokens + cost > budget:
+                return  # contiguous history only: an older exchange never jumps a gap
+            self.taken += 1
+            section.used_tokens += cost
+            for turn in exchange:
+                placed_events.add(turn.chunks[0].event_id)
+
+    def drop_oldest(self, section: SectionResult) -> bool:
+        if self.taken == 0:
+            return False
+        exchange = self.exchanges[len(self.exchanges) - self.taken]
+        self.taken -= 1
+        section.used_tokens -= sum(t.cost for t in exchange)
+        return True
+
+    def placed_turns(self) -> list[_Turn]:
+        start = len(self.exchanges) - self.taken
+        return [t for ex in self.exchanges[start:] for t in ex]
+
+    def placed_items(self) -> list[PlacedItem]:
+        out: list[PlacedItem] = []
+        for t in self.placed_turns():
+            if t.truncated:
+                # A cut tool result is one item holding what is sent (without the prefix).
+                body = t.text[len(TOOL_RESULT_PREFIX) :]
+                out.append(PlacedItem(t.chunks[0], body, t.cost, truncated=True))
+                continue
+            # The turn's cost is charged to its first chunk.
+            out.extend(PlacedItem(c, c.text, t.cost if i == 0 else 0) for i, c in enumerate(t.chunks))
+        return out
+
+    @property
+    def cut_messages(self) -> int:
+        return sum(len(ex) for ex in self.exchanges[: len(self.exchanges) - self.taken])
+
+    def record_omissions(self, omitted: list[Omission]) -> None:
+        for ex in self.exchanges[: len(self.exchanges) - self.taken]:
+            for turn in ex:
+                omitted.append(Omission(turn.chunks[0].event_id, "recent", "history_cut"))
+        for turn in self.placed_turns():
+            if turn.truncated:
+                omitted.append(Omission(turn.chunks[0].event_id, "recent", "truncated"))
+
+
+def _group_turns(
+    recent: Sequence[Chunk], config: WindowConfig, counter: TokenCounter, count: Callable[[str], int]
+) -> list[_Turn]:
+    groups: dict[str, list[Chunk]] = {}
+    for chunk in recent:
+        groups.setdefault(chunk.event_id, []).append(chunk)
+    turns: list[_Turn] = []
+    for chunks in groups.values():
+        chunks.sort(key=lambda c: c.index)
+        text = "\n".join(c.text for c in chunks)
+        truncated = False
+        if chunks[0].kind is EventKind.TOOL_RESULT:
+            # A tool result is context for the next assistant turn: a user turn in the
+            # Messages API; long ones are cut so one result cannot crowd out the history.
+            if count(text) > config.max_tool_result_tokens:
+                text = truncate_to_tokens(text, config.max_tool_result_tokens, counter) + _TRUNCATED_MARK
+                truncated = True
+            text = TOOL_RESULT_PREFIX + text
+            role: Role = Role.USER
+        else:
+            role = chunks[0].role or Role.USER
+        cost = count(text) + BLOCK_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS
+        turns.append(_Turn(chunks, role, text, truncated, cost))
+    return turns
+
+
+def recency_decay(age_s: float, half_life_s: float) -> float:
+    return math.pow(0.5, max(0.0, age_s) / half_life_s)
+
+
+def rank_hits(hits: Sequence[Hit], config: WindowConfig, now: datetime) -> list[tuple[float, Hit]]:
+    """Hybrid score (normalized to the best hit) blended with an exponential recency decay."""
+    if not hits:
+        return []
+    top = max(h.score for h in hits) or 1.0
+    w = config.recency_weight
+    ranked = [
+        (
+            (1 - w) * (h.score / top)
+            + w * recency_decay((now - h.chunk.occurred_at).total_seconds(), config.recency_half_life_s),
+            h,
+        )
+        for h in hits
+    ]
+    # Stable tie-break on chunk id keeps the order deterministic.
+    ranked.sort(key=lambda x: (-x[0], x[1].chunk.chunk_id))
+    return ranked
+
+
+def _fill_retrieved(
+    section: SectionResult,
+    hits: Sequence[Hit],
+    config: WindowConfig,
+    count: Callable[[str], int],
+    placed_events: set[str],
+    now: datetime,
+) -> None:
+    header = count(RETRIEVED_HEADER) + BLOCK_OVERHEAD_TOKENS
+    seen_chunks: set[str] = set()
+    seen_text: set[str] = set()
+    for score, hit in rank_hits(hits, config, now):
+        c = hit.chunk
+        key = _norm(c.text)
+        if c.chunk_id in seen_chunks or c.event_id in placed_events or key in seen_text:
+            continue
+        cost = count(_render_hit(c)) + BLOCK_OVERHEAD_TOKENS
+        extra = cost + (header if not section.items else 0)
+        if section.used_tokens + extra > section.budget_tokens:
+            continue  # a smaller hit further down may still fit
+        seen_chunks.add(c.chunk_id)
+        seen_text.add(key)
+        section.items.append(PlacedItem(c, c.text, cost, score=round(score, 6)))
+        section.used_tokens += extra
+
+
+def _drop_retrieved_now_in_recent(section: SectionResult, recent: _RecentState) -> None:
+    """Older turns added late may include events retrieval had placed: keep them once, in history."""
+    in_recent = {t.chunks[0].event_id for t in recent.placed_turns()}
+    kept = [i for i in section.items if i.chunk.event_id not in in_recent]
+    if len(kept) == len(section.items):
+        return
+    section.used_tokens = sum(i.tokens for i in kept) + (section.used_tokens - sum(i.tokens for i in section.items))
+    if not kept:
+        section.used_tokens = 0
+    section.items = kept
+
+
+def _ranked_leftovers(section: SectionResult, hits: Sequence[Hit], placed_events: set[str]) -> list[Hit]:
+    placed = {i.chunk.chunk_id for i in section.items}
+    events = {i.chunk.event_id for i in section.items}
+    out: list[Hit] = []
+    for h in hits:
+        e = h.chunk.event_id
+        if h.chunk.chunk_id in placed or e in events or e in placed_events:
+            continue
+        events.add(e)
+        out.append(h)
+    return out
+
+
+def _render_hit(c: Chunk) -> str:
+    return retrieved_text(c.text, kind=c.kind.value, scope=c.scope, occurred_at=c.occurred_at)
+
+
+def _drop_one(
+    sections: dict[SectionName, SectionResult],
+    recent: _RecentState | None,
+    omitted: list[Omission],
+    *,
+    include_pinned: bool,
+) -> bool:
+    """Drop the next item in drop order: retrieved (lowest ranked), oldest exchange, summary, oldest fact."""
+    retrieved = sections["retrieved"]
+    if retrieved.items:
+        item = retrieved.items.pop()
+        # The header's cost goes with the last item.
+        retrieved.used_tokens = retrieved.used_tokens - item.tokens if retrieved.items else 0
+        omitted.append(Omission(item.chunk.event_id, "retrieved", "budget"))
+        return True
+    if recent is not None:
+        before = recent.exchanges[len(recent.exchanges) - recent.taken] if recent.taken else []
+        if recent.drop_oldest(sections["recent"]):
+            for turn in before:
+                omitted.append(Omission(turn.chunks[0].event_id, "recent", "history_cut"))
+            return True
+    last: tuple[SectionName, ...] = ("summary", "pinned") if include_pinned else ("summary",)
+    for name in last:
+        section = sections[name]
+        if section.items:
+            item = section.items.pop(0)
+            section.used_tokens = section.used_tokens - item.tokens if section.items else 0
+            omitted.append(Omission(item.chunk.event_id, section.name, "budget"))
+            return True
+    return False
+
+
+_SHORT_NOTE: Final = "[Context note: some context was left out to fit the token budget.]"
+
+
+def _note(
+    sections: dict[SectionName, SectionResult], omitted: Sequence[Omission], notes: Sequence[str], level: int
+) -> str | None:
+    parts = list(notes)
+    cut = len({o.event_id for o in omitted if o.section == "recent" and o.reason == "history_cut"})
+    if cut:
+        covered = " (the summary covers older history)" if sections["summary"].items else ""
+        parts.append(f"{cut} earlier message(s) of this conversation are not shown{covered}")
+    truncated = sum(1 for o in omitted if o.section == "recent" and o.reason == "truncated")
+    if truncated:
+        parts.append(f"{truncated} tool result(s) were truncated")
+    facts = sum(1 for o in omitted if o.section == "pinned")
+    if facts:
+        parts.append(f"{facts} pinned fact(s) were left out")
+    if not parts or level >= 2:
+        return None
+    if level == 1:
+        return _SHORT_NOTE
+    return "[Context note: to fit the token budget, " + "; ".join(parts) + ".]"
+
+
+def _render(
+    budget_tokens: int,
+    sections: dict[SectionName, SectionResult],
+    omitted: list[Omission],
+    notes: list[str],
+    config: WindowConfig,
+    query: str,
+    summary: Summary | None,
+    count: Callable[[str], int],
+    note_level: int,
+) -> Window:
+    summary_items = sections["summary"].items
+    history = _rendered_history(sections["recent"].items)
+    note = _note(sections, omitted, notes, note_level)
+    layout = build_layout(
+        system_prompt=config.system_prompt,
+        facts=[i.text for i in sections["pinned"].items],
+        summary=summary_items[0].text if summary_items else None,
+        note=note,
+        history=history,
+        retrieved=[_render_hit(i.chunk) for i in sections["retrieved"].items],
+        query=query,
+    )
+    return Window(
+        budget_tokens=budget_tokens,
+        used_tokens=count_layout(layout, count),
+        sections=sections,
+        omitted=list(omitted),
+        notes=[note] if note else [],
+        layout=layout,
+        summary=summary if summary_items else None,
+    )
+
+
+def _rendered_history(items: Sequence[PlacedItem]) -> list[Turn]:
+    """One turn per event, rendered the way it was costed."""
+    out: list[Turn] = []
+    seen: set[str] = set()
+    by_event: dict[str, list[PlacedItem]] = {}
+    for item in items:
+        by_event.setdefault(item.chunk.event_id, []).append(item)
+    for item in items:
+        event = item.chunk.event_id
+        if event in seen:
+            continue
+        seen.add(event)
+        group = by_event[event]
+        first = group[0]
+        # Must render exactly what _group_turns costed.
+        body = first.text if first.truncated else "\n".join(i.chunk.text for i in group)
+        text = TOOL_RESULT_PREFIX + body if first.chunk.kind is EventKind.TOOL_RESULT else body
+        out.append(Turn(_role(first), text))
+    return out
+
+
+def _role(item: PlacedItem) -> ApiRole:
+    if item.chunk.kind is EventKind.MESSAGE and item.chunk.role is Role.ASSISTANT:
+        return "assistant"
+    return "user"
+
+
+def _norm(text: str) -> str:
+    return _WS.sub(" ", text).strip().lower()

@@ -1,0 +1,206 @@
+"""Pure tests of the window builder and the Messages API layout (no stack)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from assembly.anthropic_format import check_alternation, count_layout, stable_prefix_bytes
+from assembly.exceptions import BudgetTooSmallError
+from assembly.window import Hit, Summary, WindowConfig, minimum_budget
+from processors.types import Chunk
+from streams.events import EventKind, Role
+from window_helpers import CONFIG, COUNTER, build, chunk, conversation
+
+MIN_BUDGET = minimum_budget(CONFIG.system_prompt, COUNTER)
+
+
+def _fact(eid: str, text: str, offset: int = 0) -> Chunk:
+    return chunk(eid, text, kind=EventKind.FACT, role=None, offset=offset)
+
+
+def _doc(eid: str, text: str, score: float = 0.5, age_s: float = 3600) -> Hit:
+    return Hit(chunk(eid, text, kind=EventKind.DOCUMENT, role=None, scope="kb", age_s=age_s), score)
+
+
+# -- property: budget and alternation ---------------------------------------------------
+
+_words = st.lists(st.sampled_from(["order", "refund", "1234", "ünïcode", "{json: 1}", "shipping", "x"]),
+                  min_size=1, max_size=60).map(" ".join)
+
+
+@st.composite
+def _scope_state(draw: st.DrawFn) -> dict[str, object]:
+    n_turns = draw(st.integers(0, 30))
+    roles = draw(st.lists(st.sampled_from([Role.USER, Role.ASSISTANT, None]), min_size=n_turns, max_size=n_turns))
+    recent: list[Chunk] = []
+    for i, role in enumerate(roles):
+        kind = EventKind.TOOL_RESULT if role is None else EventKind.MESSAGE
+        n_chunks = draw(st.integers(1, 2))
+        for j in range(n_chunks):
+            recent.append(chunk(f"t{i}", draw(_words), kind=kind, role=role, offset=i, index=j, age_s=1000 - i))
+    facts = [_fact(f"f{i}", draw(_words), i) for i in range(draw(st.integers(0, 6)))]
+    hits = [_doc(f"d{i}", draw(_words), draw(st.floats(0.001, 1.0)), draw(st.floats(0, 1e7)))
+            for i in range(draw(st.integers(0, 15)))]
+    # Retrieval may return chunks of turns already in the history: they must not repeat.
+    hits += [Hit(c, 0.9) for c in draw(st.lists(st.sampled_from(recent), max_size=3))] if recent else []
+    summary = Summary(draw(_words)) if draw(st.booleans()) else None
+    shares = {
+        "pinned": draw(st.sampled_from([1.0, 0.1, 0.5])),
+        "summary": draw(st.floats(0, 1)),
+        "recent": draw(st.floats(0, 1)),
+        "retrieved": 1.0,
+    }
+    return {"recent": recent, "facts": facts, "hits": hits, "summary": summary,
+            "query": draw(_words), "shares": shares}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(state=_scope_state(), budget=st.integers(MIN_BUDGET + 60, 6000))
+def test_budget_never_exceeded_and_roles_alternate(state: dict[str, object], budget: int) -> None:
+    config = WindowConfig(system_prompt=CONFIG.system_prompt, shares=state["shares"])  # type: ignore[arg-type]
+    w = build(budget, config=config, **state)  # type: ignore[arg-type]
+    assert w.used_tokens <= budget
+    assert w.used_tokens == count_layout(w.layout, COUNTER.count)
+    messages = w.layout.messages_payload()
+    assert check_alternation(messages)
+    assert all(block["text"] for m in messages for block in m["content"])
+    # An item appears once across sections.
+    placed = [i.chunk.event_id for s in ("pinned", "recent", "retrieved") for i in w.sections[s].items if i.tokens]
+    assert len(placed) == len(set(placed))
+    # Every candidate that is not in the window is accounted for.
+    shown = {i.chunk.event_id for s in w.sections.values() for i in s.items}
+    omitted = {o.event_id for o in w.omitted}
+    facts: list[Chunk] = state["facts"]  # type: ignore[assignment]
+    for f in facts:
+        assert f.event_id in shown or f.event_id in omitted or any(
+            g.text.lower() == f.text.lower() for g in facts if g.event_id in shown)
+
+
+@settings(max_examples=100, deadline=None)
+@given(budget=st.integers(MIN_BUDGET, MIN_BUDGET + 80), query=_words)
+def test_tiny_budgets_still_fit(budget: int, query: str) -> None:
+    w = build(budget, query=query * 5, recent=conversation(5), facts=[_fact("f", "fact one")])
+    assert w.used_tokens <= budget
+    assert check_alternation(w.layout.messages_payload())
+
+
+def test_budget_below_minimum_is_an_error() -> None:
+    with pytest.raises(BudgetTooSmallError):
+        build(MIN_BUDGET - 1)
+
+
+# -- prefix stability ------------------------------------------------------------------
+
+
+def test_prefix_bytes_identical_across_queries_and_change_with_a_fact() -> None:
+    facts = [_fact("f1", "The account id is AC-7781.", 1), _fact("f2", "Prefers email.", 2)]
+    recent = conversation(4)
+    hits = [_doc("d1", "refund policy: 30 days"), _doc("d2", "shipping takes 3 days")]
+    a = build(2000, query="where is my refund?", facts=facts, recent=recent, hits=hits, summary=Summary("s"))
+    b = build(2000, query="how long does shipping take?", facts=facts, recent=recent, hits=hits[::-1],
+              summary=Summary("s"))
+    assert stable_prefix_bytes(a.layout) == stable_prefix_bytes(b.layout)
+    assert a.layout.messages != b.layout.messages
+    changed = [facts[0], _fact("f2", "Prefers phone calls.", 2)]
+    c = build(2000, query="where is my refund?", facts=changed, recent=recent, hits=hits, summary=Summary("s"))
+    assert stable_prefix_bytes(c.layout) != stable_prefix_bytes(a.layout)
+    system = a.layout.system_payload()
+    assert system[-1]["cache_control"] == {"type": "ephemeral"}
+    assert all("cache_control" not in blk for blk in system[:-1])
+    # Retrieved material is in the final user turn, never in the system prompt.
+    assert "refund policy" not in stable_prefix_bytes(a.layout).decode()
+    final = a.layout.messages_payload()[-1]
+    assert final["role"] == "user" and final["content"][-1]["text"] == "where is my refund?"
+    assert any("refund policy" in blk["text"] for blk in final["content"])
+
+
+# -- drop order, pairs, dedup -------------------------------------------------------------
+
+
+def test_drop_order_retrieved_then_older_turns_then_summary_then_facts() -> None:
+    facts = [_fact("f1", "The account id is AC-7781.")]
+    recent = conversation(6, words=20)
+    hits = [_doc(f"d{i}", f"reference material {i} " * 15, 0.5 + i / 100) for i in range(4)]
+    summary = Summary("they discussed shipping and returns at length " * 3)
+    state = dict(facts=facts, recent=recent, hits=hits, summary=summary)
+    big = build(5000, **state)  # type: ignore[arg-type]
+    assert len(big.sections["retrieved"].items) == 4 and not big.omitted
+
+    def sizes(budget: int) -> tuple[int, int, int, int]:
+        w = build(budget, **state)  # type: ignore[arg-type]
+        s = w.sections
+        return (len(s["pinned"].items), len(s["summary"].items), len(s["recent"].items), len(s["retrieved"].items))
+
+    seq = [sizes(b) for b in range(5000, MIN_BUDGET, -25)]
+    # As the budget shrinks, a section only loses items once every lower-priority one is
+    # empty or limited by its share (recent is capped by its share, retrieved is not).
+    for p, sm, r, rt in seq:
+        if p < 1:
+            assert sm == r == rt == 0
+        if sm < 1:
+            assert rt == 0
+    assert sizes(MIN_BUDGET + 60) == (1, 0, 0, 0)  # the fact outlives everything else
+
+
+def test_recent_turns_cut_in_whole_pairs_with_a_note() -> None:
+    recent = conversation(10, words=30)
+    w = build(600, recent=recent)
+    items = w.sections["recent"].items
+    assert items, "some history fits"
+    roles = [i.chunk.role for i in items]
+    assert roles[0] is Role.USER and roles[-1] is Role.ASSISTANT
+    assert roles == [Role.USER, Role.ASSISTANT] * (len(roles) // 2)
+    cut = [o for o in w.omitted if o.reason == "history_cut"]
+    assert len(cut) == 20 - len(items) and cut[0].event_id == "m0"
+    first = w.layout.messages_payload()[0]["content"][0]["text"]
+    assert "earlier message(s)" in first and str(len(cut)) in first
+
+
+def test_history_starting_with_assistant_gets_a_user_turn_first() -> None:
+    recent = conversation(3)[1:]  # starts with an assistant answer
+    w = build(3000, recent=recent)
+    msgs = w.layout.messages_payload()
+    assert check_alternation(msgs)
+    assert msgs[1]["role"] == "assistant"
+
+
+def test_items_are_not_repeated_across_sections_and_query_not_repeated() -> None:
+    recent = conversation(3)
+    query = "what is the status of my order?"
+    recent.append(chunk("q", query, role=Role.USER, offset=99))
+    hits = [Hit(recent[0], 0.9), Hit(recent[1], 0.8), _doc("d1", "orders ship daily")]
+    w = build(4000, query=query, recent=recent, hits=hits)
+    retrieved = [i.chunk.event_id for i in w.sections["retrieved"].items]
+    assert retrieved == ["d1"]
+    texts = [b["text"] for m in w.layout.messages_payload() for b in m["content"]]
+    assert texts.count(query) == 1
+
+
+def test_long_tool_result_is_truncated_and_reported() -> None:
+    recent = [
+        chunk("u", "run the report", role=Role.USER, offset=0),
+        chunk("t", "row " * 3000, kind=EventKind.TOOL_RESULT, role=None, offset=1),
+        chunk("a", "here is the report", role=Role.ASSISTANT, offset=2),
+    ]
+    w = build(3000, recent=recent)
+    items = {i.chunk.event_id: i for i in w.sections["recent"].items}
+    assert items["t"].truncated
+    assert any(o.event_id == "t" and o.reason == "truncated" for o in w.omitted)
+    assert w.used_tokens <= 3000
+
+
+def test_unused_budget_flows_to_later_sections() -> None:
+    hits = [_doc(f"d{i}", f"reference {i} " * 20, 0.9 - i / 100) for i in range(30)]
+    without = build(1500, hits=hits)
+    with_summary_budget_unused = without.sections["retrieved"]
+    # No pinned, no summary, no recent: retrieved gets nearly everything.
+    assert with_summary_budget_unused.budget_tokens > 1500 * 0.9 - 100
+    assert without.used_tokens <= 1500
+
+
+def test_recency_breaks_ties_between_equal_scores() -> None:
+    hits = [_doc("old", "same topic a", 0.5, age_s=1e7), _doc("new", "same topic b", 0.5, age_s=10)]
+    w = build(3000, hits=hits)
+    assert [i.chunk.event_id for i in w.sections["retrieved"].items] == ["new", "old"]
