@@ -16,3 +16,9 @@ class CtxPipeError(Exception):
 
 class ConfigurationError(CtxPipeError):
     """Settings are missing or contradict each other."""
+
+
+class DependencyUnavailableError(CtxPipeError):
+    """A server the service needs (Kafka, Redis, S3, Qdrant) cannot be reached."""
+
+    retriable = True

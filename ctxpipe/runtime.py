@@ -4,15 +4,18 @@ faust app. Built once from settings; the API and the worker share it (single-nod
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
+from ctxpipe.errors import CtxPipeError, DependencyUnavailableError
 from ctxpipe.settings import Settings
 from processors.embedding import CachedEmbedder, Embedder, SentenceTransformerEmbedder
 from processors.tokens import LocalTokenCounter
@@ -24,6 +27,8 @@ from storage.semantic.base import SemanticStore
 from streams.app import running_app
 from streams.dlq import KafkaDeadLetterSink
 from streams.ingest import IngestPipeline
+from streams.lag import track_lag
+from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,27 @@ def _item(chunk: Any) -> dict[str, Any]:
     }
 
 
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+async def _check_reachable(settings: Settings, hot: HotStore) -> None:
+    """Fail at start-up with one clear line instead of a driver stack trace later."""
+    hint = "start the local stack with `python -m infra up` or fix the CTX_* settings"
+    try:
+        await hot.ping()
+    except CtxPipeError as exc:
+        raise DependencyUnavailableError(f"cannot reach Redis at {settings.redis.url}: {hint}") from exc
+    try:
+        await ensure_topics(settings.kafka)
+    except KafkaError as exc:
+        raise DependencyUnavailableError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers} ({exc}): {hint}"
+        ) from exc
+
+
 @asynccontextmanager
 async def open_runtime(
     settings: Settings, *, worker: bool = True, model: Embedder | None = None
@@ -105,6 +131,7 @@ async def open_runtime(
         stack.push_async_callback(hot.aclose)
         cache = EmbeddingCacheRedis(settings.redis, settings.embedding.model_name)
         stack.push_async_callback(cache.aclose)
+        await _check_reachable(settings, hot)
         cold = ColdStore(settings.s3)
         await cold.ensure_bucket()
         semantic = await open_semantic_store(settings.qdrant, settings.embedding.dimension)
@@ -128,4 +155,6 @@ async def open_runtime(
         app = None
         if worker:
             app = await stack.enter_async_context(running_app(settings.kafka, pipeline))
+            lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
+            stack.push_async_callback(_cancel_and_wait, lag_task)
         yield Runtime(settings, hot, semantic, cold, embedder, pipeline, app)

@@ -5,20 +5,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+from contextlib import nullcontext
 
 import uvicorn
 
 from assembly.api import create_api
-from ctxpipe.runtime import open_runtime
+from ctxpipe.errors import ConfigurationError
+from ctxpipe.runtime import Runtime, open_runtime
 from ctxpipe.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise ConfigurationError(
+                f"port {port} on {host} is already taken (another `ctxpipe serve`?): "
+                "stop that process or set CTX_API__PORT"
+            ) from None
+
+
 async def _serve(settings: Settings, demo: bool) -> None:
+    _check_port_free(settings.api.host, settings.api.port)
     if not settings.api.tenant_keys:
         log.warning("no tenant API keys configured (CTX_API__TENANT_KEYS): the API is open")
-    api = create_api(lambda: open_runtime(settings))
+    # Open every tier before uvicorn starts: a start-up failure (a server down, a locked
+    # Edge shard) then reaches the CLI as one clear line instead of a lifespan traceback.
+    async with open_runtime(settings) as runtime:
+        await _serve_api(settings, runtime, demo)
+
+
+async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
+    api = create_api(lambda: nullcontext(runtime))
     config = uvicorn.Config(api, host=settings.api.host, port=settings.api.port, log_level="info")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
