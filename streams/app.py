@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.contrib.asgi import faust_app_running
@@ -49,7 +49,9 @@ def create_app(settings: KafkaSettings, pipeline: IngestPipeline) -> faust.App:
 
     @app.agent(source, concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
-        async for events in stream.noack_take(BATCH_MAX, within=BATCH_WITHIN_S):
+        # noack_take lives on the Stream class, not on the StreamT protocol faust types with.
+        batches = cast(faust.Stream[Any], stream).noack_take(BATCH_MAX, within=BATCH_WITHIN_S)
+        async for events in batches:
             records = [_to_record(ev) for ev in events]
             # No try/except here: a sink that fails after its retries is a real outage;
             # the agent crashes unacked, and the restarted worker replays the batch.
