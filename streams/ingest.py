@@ -8,6 +8,7 @@ at-least-once delivery into exactly-once state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -96,11 +97,29 @@ class IngestPipeline:
 
         accepted = await self._drop_republished(accepted, result)
 
-        # Archive first: the cold copy is what survives Kafka retention and what a replay
-        # falls back to, so it must exist before the offsets are committed.
-        await self._archive(accepted)
-
         final = self._last_action_per_source(accepted)
+        # The cold copy is what survives Kafka retention and what a replay falls back to:
+        # it must exist before the offsets are committed, but it need not wait for (or
+        # hold up) the derived tiers, so both run at once.
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._archive(accepted))
+            tg.create_task(self._store_derived(final, result))
+
+        result.deleted_sources = await self._apply_deletes_and_versions(final)
+        await with_retries(
+            lambda: self._ledger.record(
+                {(i.event.tenant, i.event.event_id): (i.record.partition, i.record.offset) for i in accepted}
+            ),
+            tier="hot",
+        )
+        await self._record_positions(accepted, result)
+        for item in accepted:
+            metrics.EVENTS_ACCEPTED.labels(kind=item.event.kind.value).inc()
+        result.accepted = len(accepted)
+        return result
+
+    async def _store_derived(self, final: dict[tuple[str, str], _Accepted], result: BatchResult) -> None:
+        """Chunk, then hot tier (fast lane), embed, semantic tier."""
         chunks: list[Chunk] = []
         for item in final.values():
             if item.event.kind is EventKind.DELETE:
@@ -122,19 +141,6 @@ class IngestPipeline:
             started = time.perf_counter()
             await with_retries(lambda: self._semantic.upsert(embedded), tier="semantic")
             metrics.STAGE_SECONDS.labels(stage="semantic").observe(time.perf_counter() - started)
-
-        result.deleted_sources = await self._apply_deletes_and_versions(final)
-        await with_retries(
-            lambda: self._ledger.record(
-                {(i.event.tenant, i.event.event_id): (i.record.partition, i.record.offset) for i in accepted}
-            ),
-            tier="hot",
-        )
-        await self._record_positions(accepted, result)
-        for item in accepted:
-            metrics.EVENTS_ACCEPTED.labels(kind=item.event.kind.value).inc()
-        result.accepted = len(accepted)
-        return result
 
     async def _dead_letter(self, rec: RawRecord, reason: str, result: BatchResult) -> None:
         await with_retries(lambda: self._dlq.send(rec, reason), tier="dlq")
