@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from assembly.auth import check_tenant, tenant_guard
 from assembly.exceptions import BudgetTooSmallError
 from assembly.models import ContextRequest, ContextResponse
+from assembly.reproduce import ReproduceError, load_window
 from assembly.service import AssemblyService
 from ctxpipe.runtime import Runtime
 
@@ -54,6 +55,17 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
             return await assembly.assemble(body)
         except BudgetTooSmallError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+    @api.get("/v1/context/{trace_id}")
+    async def recorded_context(request: Request, trace_id: str, tenant: str = Depends(tenant_guard)) -> Response:
+        """The window served under ``trace_id``, byte for byte as recorded (request,
+        response, settings, model versions, stream positions). ``?tenant=`` is required."""
+        runtime: Runtime = request.app.state.runtime
+        try:
+            raw = await load_window(runtime.cold, tenant, trace_id)
+        except ReproduceError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
+        return Response(content=raw, media_type="application/json")
 
     @api.get("/v1/scopes/{tenant}/{scope}")
     async def scope_view(

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,8 +46,11 @@ from assembly.models import (
     Watermark,
     WindowItemOut,
 )
+from assembly.retrieval import DEFAULT_RETRIEVAL, Retriever
 from assembly.window import Hit, Summary, Window, WindowConfig, build_window, minimum_budget
+from assembly.summary_source import StoredSummaries
 from assembly.exceptions import BudgetTooSmallError
+from assembly.query_embedder import QueryEmbedder
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import AssemblySettings, Settings
 from processors.embedding import CachedEmbedder
@@ -62,7 +64,6 @@ from storage.semantic.base import SemanticStore
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_QUERY_CACHE_SIZE: Final = 4096
 _POLL_FIRST_S: Final = 0.01
 _POLL_MAX_S: Final = 0.1
 WINDOW_FORMAT_VERSION: Final = 1
@@ -205,10 +206,18 @@ class AssemblyService:
         self.settings = tiers.settings
         self.config = tiers.settings.assembly
         self.counter = counter if counter is not None else make_counter(self.config)
-        self.summaries = summaries if summaries is not None else NoSummaries()
+        # The stream's running summaries by default (NoSummaries turns the section off).
+        self.summaries = summaries if summaries is not None else StoredSummaries.from_tiers(tiers.hot, tiers.cold)
         self.recorder = WindowRecorder(tiers.cold, tiers.settings)
         self._clock = clock
-        self._query_vectors: OrderedDict[str, list[float]] = OrderedDict()
+        emb = tiers.settings.embedding
+        # The model itself (not the Redis-cached wrapper): queries are mostly distinct, so
+        # a Redis round trip per query would cost more than it saves; repeats hit the LRU.
+        self._queries = QueryEmbedder(
+            tiers.embedder.inner, max_batch=emb.query_max_batch,
+            max_wait_s=emb.query_max_wait_ms / 1000, cache_size=emb.query_cache_size,
+        )
+        self.retriever = Retriever(tiers.semantic, tiers.hot, DEFAULT_RETRIEVAL)
         self._background: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
@@ -222,6 +231,7 @@ class AssemblyService:
     async def aclose(self) -> None:
         await self.drain()
         await self.recorder.aclose()
+        await self._queries.aclose()
 
     async def drain(self) -> None:
         """Wait for background work (window records, hot refills)."""
@@ -372,24 +382,15 @@ class AssemblyService:
 
     async def _fetch_semantic(self, request: ContextRequest, scopes: Sequence[str]) -> list[Hit]:
         vector = await self._query_vector(request.query)
-        hits = await self.tiers.semantic.search(
-            request.tenant, scopes, vector, request.query, limit=self.config.retrieve_limit
-        )
+        # Candidates and their order: assembly.retrieval (the window enforces the budget).
+        hits = await self.retriever.retrieve(request.tenant, scopes, request.query, vector, self._query_vector)
         # Defence in depth: the store filters by tenant; never trust one layer alone.
-        return [Hit(h.chunk, h.score) for h in hits if h.chunk.tenant == request.tenant]
+        return [h for h in hits if h.chunk.tenant == request.tenant]
 
     async def _query_vector(self, query: str) -> list[float]:
-        cached = self._query_vectors.get(query)
-        if cached is not None:
-            self._query_vectors.move_to_end(query)
-            metrics.EMBED_CACHE.labels(result="hit").inc()
-            return cached
-        metrics.EMBED_CACHE.labels(result="miss").inc()
-        vector = (await self.tiers.embedder.embed([query]))[0]
-        self._query_vectors[query] = vector
-        if len(self._query_vectors) > _QUERY_CACHE_SIZE:
-            self._query_vectors.popitem(last=False)
-        return vector
+        cached = self._queries.lookup(query)
+        metrics.EMBED_CACHE.labels(result="miss" if cached is None else "hit").inc()
+        return cached if cached is not None else await self._queries.embed(query)
 
     # -- shaping the answer -------------------------------------------------------------
 

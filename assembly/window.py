@@ -83,6 +83,8 @@ class WindowConfig:
     max_tool_result_tokens: int = 512
     recency_weight: float = 0.15
     recency_half_life_s: float = 7 * 24 * 3600.0
+    # Retrieved conversation turns as one "[date role] text" line instead of the full tag.
+    compact_turns: bool = True
 
 
 @dataclass(slots=True)
@@ -475,7 +477,7 @@ def _fill_retrieved(
         key = _norm(c.text)
         if c.chunk_id in seen_chunks or c.event_id in placed_events or key in seen_text:
             continue
-        cost = count(_render_hit(c)) + BLOCK_OVERHEAD_TOKENS
+        cost = count(_render_hit(c, config)) + BLOCK_OVERHEAD_TOKENS
         extra = cost + (header if not section.items else 0)
         if section.used_tokens + extra > section.budget_tokens:
             continue  # a smaller hit further down may still fit
@@ -510,7 +512,11 @@ def _ranked_leftovers(section: SectionResult, hits: Sequence[Hit], placed_events
     return out
 
 
-def _render_hit(c: Chunk) -> str:
+def _render_hit(c: Chunk, config: WindowConfig) -> str:
+    if c.kind is EventKind.MESSAGE and config.compact_turns:
+        # A past conversation turn: its date and speaker say all the model needs, and the
+        # full tag (kind, scope) costs more tokens than a typical turn itself.
+        return f"[{c.occurred_at.date().isoformat()} {(c.role or Role.USER).value}] {c.text}"
     return retrieved_text(c.text, kind=c.kind.value, scope=c.scope, occurred_at=c.occurred_at)
 
 
@@ -590,7 +596,7 @@ def _render(
         summary=summary_items[0].text if summary_items else None,
         note=note,
         history=history,
-        retrieved=[_render_hit(i.chunk) for i in sections["retrieved"].items],
+        retrieved=[_render_hit(i.chunk, config) for i in sections["retrieved"].items],
         query=query,
     )
     return Window(

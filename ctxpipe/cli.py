@@ -50,6 +50,89 @@ async def _publish(path: str, validate: bool) -> None:
         print(orjson.dumps({"event_id": ev.get("event_id"), **pos.model_dump()}).decode())
 
 
+_VERSION_COMMANDS = ("replay", "reproduce", "versions", "cleanup")
+
+
+def _offsets(text: str | None) -> dict[int, int] | None:
+    """``0:120,1:80`` -> {0: 120, 1: 80}."""
+    if not text:
+        return None
+    try:
+        return {int(p): int(o) for p, o in (part.split(":") for part in text.split(","))}
+    except ValueError:
+        raise CtxPipeError(f"positions must look like 0:120,1:80, got {text!r}") from None
+
+
+def _add_version_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rp = sub.add_parser("replay", help="rebuild an index version from the topics (resumable)")
+    rp.add_argument("version", help="the new version's name (run again to resume it)")
+    rp.add_argument("--from-offsets", help="start per partition, e.g. 0:120,1:80 (default: the beginning)")
+    rp.add_argument("--from-time", type=float, help="start at this time (epoch seconds)")
+    rp.add_argument("--to-offsets", help="end per partition, exclusive (default: the end now)")
+    rp.add_argument("--max-chunk-tokens", type=int)
+    rp.add_argument("--overlap-tokens", type=int)
+    rp.add_argument("--switch", action="store_true", help="make it the serving version when done")
+    rr = sub.add_parser("reproduce", help="the window served under a trace id, byte for byte")
+    rr.add_argument("trace_id")
+    rr.add_argument("--tenant", required=True)
+    rr.add_argument("--rebuild", action="store_true", help="replay into a scratch version and diff")
+    vs = sub.add_parser("versions", help="list, switch or drop index versions")
+    vs.add_argument("action", choices=["list", "switch", "drop"])
+    vs.add_argument("name", nargs="?")
+    sub.add_parser("cleanup", help="delete expired scratch versions and dropped versions")
+
+
+async def _version_command(args: argparse.Namespace) -> None:
+    from ctxpipe.versions import VersionRegistry, describe
+
+    settings = get_settings()
+    if args.cmd == "replay":
+        from processors.chunking import ChunkingSettings
+        from streams.replay import Replayer
+
+        overrides = {k: v for k, v in {"max_chunk_tokens": args.max_chunk_tokens,
+                                        "overlap_tokens": args.overlap_tokens}.items() if v is not None}
+        replayer = Replayer(settings, args.version, chunking=ChunkingSettings(**overrides),
+                            progress=lambda p: print(p.line(), file=sys.stderr, flush=True))
+        report = await replayer.run(
+            from_offsets=_offsets(args.from_offsets), to_offsets=_offsets(args.to_offsets),
+            from_timestamp_ms=None if args.from_time is None else int(args.from_time * 1000), switch=args.switch,
+        )
+        print(orjson.dumps({
+            "version": report.version, "events": report.events, "from_archive": report.from_archive,
+            "summaries": report.summaries, "seconds": round(report.seconds, 3),
+            "events_per_s": round(report.events_per_s, 1), "resumed": report.resumed,
+            "switched_from": report.switched_from}).decode())
+    elif args.cmd == "reproduce":
+        from assembly.reproduce import load_window, rebuild
+        from storage.cold import ColdStore
+
+        if args.rebuild:
+            print((await rebuild(settings, args.tenant, args.trace_id)).text())
+        else:
+            async with ColdStore(settings.s3) as cold:
+                sys.stdout.buffer.write(await load_window(cold, args.tenant, args.trace_id) + b"\n")
+    elif args.cmd == "versions":
+        async with VersionRegistry(settings) as registry:
+            if args.action == "list":
+                serving = await registry.serving()
+                print(orjson.dumps({"serving": serving}).decode())
+                for info in await registry.list():
+                    print(orjson.dumps(describe(info, serving)).decode())
+            elif not args.name:
+                raise CtxPipeError(f"versions {args.action} needs a version name")
+            elif args.action == "switch":
+                print(f"serving {args.name} (was {await registry.switch(args.name)})")
+            else:
+                await registry.mark_dropped(args.name)
+                print(f"dropped {args.name}: `ctxpipe cleanup` deletes its data after versions.dropped_grace_s")
+    elif args.cmd == "cleanup":
+        from storage.retention import cleanup
+
+        cleaned = await cleanup(settings)
+        print(orjson.dumps({"removed": cleaned.removed, "redis_keys": cleaned.redis_keys}).decode())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ctxpipe", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -60,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     pub.add_argument("path", nargs="?", default="-")
     pub.add_argument("--no-validate", action="store_true", help="send as-is (server validates)")
     sub.add_parser("demo", help="publish demo events to a running service and print the tiers")
+    _add_version_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -78,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             from ctxpipe.demo import run_demo
 
             asyncio.run(run_demo(get_settings()))
+        elif args.cmd in _VERSION_COMMANDS:
+            asyncio.run(_version_command(args))
     except CtxPipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

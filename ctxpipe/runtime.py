@@ -17,7 +17,8 @@ from aiokafka.errors import KafkaError
 
 from ctxpipe.errors import CtxPipeError, DependencyUnavailableError
 from ctxpipe.settings import Settings
-from processors.embedding import CachedEmbedder, Embedder, SentenceTransformerEmbedder
+from ctxpipe.versions import ServingWatcher, VersionRegistry, resolve_serving
+from processors.embedding import CachedEmbedder, Embedder, make_embedder
 from processors.tokens import LocalTokenCounter
 from storage.cold import ColdStore
 from storage.hot import EmbeddingCacheRedis, HotStore
@@ -27,6 +28,7 @@ from storage.semantic.base import SemanticStore
 from streams.app import running_app
 from streams.dlq import KafkaDeadLetterSink
 from streams.ingest import IngestPipeline
+from streams.summaries import SummarizingPipeline, SummaryScheduler, open_summaries
 from streams.lag import track_lag
 from streams.topics import ensure_topics
 
@@ -42,6 +44,10 @@ class Runtime:
     embedder: CachedEmbedder
     pipeline: IngestPipeline
     app: faust.App | None
+    # The index version the API serves (ctxpipe.versions); a switch swaps hot/semantic.
+    version: str = "base"
+    # The background summary stage (issue 5); None without a worker.
+    summaries: SummaryScheduler | None = None
 
     async def health(self) -> dict[str, Any]:
         checks: dict[str, str] = {}
@@ -127,34 +133,45 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     """Open every tier; with ``worker=True`` also run the faust ingest agent."""
     async with AsyncExitStack() as stack:
-        hot = HotStore(settings.redis)
+        # Derived state lives in the serving version's namespace; the cache stays shared.
+        version, vsettings, chunking = await resolve_serving(settings)
+        hot = HotStore(vsettings.redis)
         stack.push_async_callback(hot.aclose)
         cache = EmbeddingCacheRedis(settings.redis, settings.embedding.model_name)
         stack.push_async_callback(cache.aclose)
         await _check_reachable(settings, hot)
         cold = ColdStore(settings.s3)
         await cold.ensure_bucket()
-        semantic = await open_semantic_store(settings.qdrant, settings.embedding.dimension)
+        semantic = await open_semantic_store(vsettings.qdrant, settings.embedding.dimension)
         stack.push_async_callback(semantic.close)
-        embedder = CachedEmbedder(model or SentenceTransformerEmbedder(settings.embedding), cache)
+        embedder = CachedEmbedder(model or make_embedder(settings.embedding), cache)
 
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", enable_idempotence=True
         )
         await producer.start()
         stack.push_async_callback(producer.stop)
-        pipeline = IngestPipeline(
+        # Summaries run off the ingest path; entered after the producer, so closed before it.
+        summaries = await stack.enter_async_context(
+            open_summaries(settings, hot=hot, cold=cold, producer=producer)
+        ) if worker else None
+        pipeline = SummarizingPipeline(
+            summaries=summaries,
             hot=hot,
-            ledger=EventLedger(settings.redis, hot.client),
+            ledger=EventLedger(vsettings.redis, hot.client),
             semantic=semantic,
             cold=cold,
             embedder=embedder,
             counter=LocalTokenCounter(),
             dead_letters=KafkaDeadLetterSink(producer, settings.kafka.dlq_topic),
+            chunking=chunking,
         )
         app = None
         if worker:
             app = await stack.enter_async_context(running_app(settings.kafka, pipeline))
             lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
             stack.push_async_callback(_cancel_and_wait, lag_task)
-        yield Runtime(settings, hot, semantic, cold, embedder, pipeline, app)
+        runtime = Runtime(settings, hot, semantic, cold, embedder, pipeline, app, version=version, summaries=summaries)
+        if settings.versions.pinned is None:
+            await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))
+        yield runtime

@@ -31,7 +31,7 @@ from processors.summarize.exceptions import (
     SummarizerUnavailableError,
 )
 from processors.summarize.pricing import PriceTable
-from processors.summarize.prompt import build_user_message, get_prompt
+from processors.summarize.prompt import PromptTemplate, build_message, get_prompt
 from processors.summarize.types import SummaryResult, SummaryUsage
 from processors.types import Chunk
 
@@ -128,21 +128,25 @@ class ClaudeSummarizer:
 
     # -- the call -------------------------------------------------------------------------
 
-    async def summarize(self, previous: str | None, turns: Sequence[Chunk]) -> SummaryResult:
+    async def summarize(
+        self, previous: str | None, turns: Sequence[Chunk], *, prompt_version: str | None = None
+    ) -> SummaryResult:
         """Previous summary + new turns -> the new summary, or a :class:`SummarizerError`
         (``CircuitOpenError`` when the breaker refused, ``SummarizerUnavailableError``
-        when retries or the deadline ran out)."""
+        when retries or the deadline ran out). ``prompt_version`` picks another prompt
+        than the configured one (document summaries)."""
         self.stats.calls += 1
-        user = build_user_message(previous, turns)
+        prompt = self.prompt if prompt_version is None else get_prompt(prompt_version)
+        user = build_message(prompt, previous, turns)
         try:
             async with asyncio.timeout(self.settings.total_timeout_s):
-                return await self._with_retries(user)
+                return await self._with_retries(prompt, user)
         except TimeoutError as exc:
             raise SummarizerUnavailableError(
                 f"summary not done within {self.settings.total_timeout_s}s"
             ) from exc
 
-    async def _with_retries(self, user: str) -> SummaryResult:
+    async def _with_retries(self, prompt: PromptTemplate, user: str) -> SummaryResult:
         attempts = 1 + self.settings.max_retries
         last: SummarizerError | None = None
         for attempt in range(1, attempts + 1):
@@ -152,7 +156,7 @@ class ClaudeSummarizer:
                 raise CircuitOpenError()
             self.stats.attempts += 1
             try:
-                result = await self._attempt(user, attempt)
+                result = await self._attempt(prompt, user, attempt)
             except SummarizerError as exc:
                 last = exc
                 delay = exc.retry_after_s if isinstance(exc, SummarizerUnavailableError) else None
@@ -174,7 +178,7 @@ class ClaudeSummarizer:
             delay = max(delay, min(retry_after, s.retry_after_cap_s))
         return delay
 
-    async def _attempt(self, user: str, attempt: int) -> SummaryResult:
+    async def _attempt(self, prompt: PromptTemplate, user: str, attempt: int) -> SummaryResult:
         s = self.settings
         outcome_recorded = False
         try:
@@ -183,12 +187,12 @@ class ClaudeSummarizer:
                     message = await self._client.messages.create(
                         model=s.model,
                         max_tokens=s.max_output_tokens,
-                        system=self.prompt.system,
+                        system=prompt.system,
                         messages=[{"role": "user", "content": user}],
                         # No sampling knobs: this SDK line does not take them, and output is
                         # not reproducible anyway; reproducibility comes from recording it.
                     )
-                    result = self._parse(message, attempt)
+                    result = self._parse(message, attempt, prompt)
                 except SummarizerError as exc:
                     self._fail(exc, counts=True)
                     outcome_recorded = True
@@ -235,7 +239,7 @@ class ClaudeSummarizer:
         log.error("unexpected summarizer failure", exc_info=exc)
         return SummarizerError(f"unexpected summarizer failure: {exc!r}", retriable=False), True
 
-    def _parse(self, message: Any, attempt: int) -> SummaryResult:
+    def _parse(self, message: Any, attempt: int, prompt: PromptTemplate) -> SummaryResult:
         content = getattr(message, "content", None)
         if not isinstance(content, list):
             raise MalformedResponseError(f"response has no content list (got {type(message).__name__})")
@@ -263,7 +267,7 @@ class ClaudeSummarizer:
             text=text,
             method="claude",
             model=model,
-            prompt_version=self.prompt.version,
+            prompt_version=prompt.version,
             usage=SummaryUsage(input_tokens=input_tokens, output_tokens=output_tokens),
             cost_usd=cost,
             attempts=attempt,

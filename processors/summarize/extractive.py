@@ -23,6 +23,7 @@ changed amount or date). What remains keeps its original order, one sentence a l
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ _COMMITMENT: Final = re.compile(
     r"cancel(?:led|ed|s)?|approve[sd]?|prefer[sd]?|always|never|allergic|important)\b",
     re.IGNORECASE,
 )
+# Inputs above this many characters are summarized in a thread (see summarize()).
+_INLINE_MAX_CHARS: Final = 20_000
 _NUMBER: Final = re.compile(r"\d")
 _WORD: Final = re.compile(r"[A-Za-z][\w'-]*")
 # Capitalised words that are not names even mid-sentence.
@@ -95,7 +98,7 @@ class ExtractiveSummarizer:
         if max_tokens <= 0:
             raise ValueError("max_tokens must be > 0")
         self.max_tokens = max_tokens
-        self._counter = counter if counter is not None else LocalTokenCounter()
+        self.counter: TokenCounter = counter if counter is not None else LocalTokenCounter()
 
     def summarize_sync(self, previous: str | None, turns: Sequence[Chunk]) -> SummaryResult:
         seen: set[str] = set()
@@ -109,8 +112,8 @@ class ExtractiveSummarizer:
             if score == 0:
                 return
             seen.add(key)
-            text = truncate_to_tokens(prefix + sentence, self.max_tokens, self._counter)
-            candidates.append(_Candidate(len(candidates), text, score, self._counter.count(text) + 1))
+            text = truncate_to_tokens(prefix + sentence, self.max_tokens, self.counter)
+            candidates.append(_Candidate(len(candidates), text, score, self.counter.count(text) + 1))
 
         # A previous summary is already compressed (maybe by Claude, in prose): keep its
         # sentences unless the budget forces them out.
@@ -131,9 +134,13 @@ class ExtractiveSummarizer:
         kept.sort(key=lambda c: c.order)
         text = "\n".join(c.text for c in kept)
         # The +1 per line above over-counts joins, so this only trims in pathological cases.
-        text = truncate_to_tokens(text, self.max_tokens, self._counter)
+        text = truncate_to_tokens(text, self.max_tokens, self.counter)
         return SummaryResult(text=text, method="extractive")
 
     async def summarize(self, previous: str | None, turns: Sequence[Chunk]) -> SummaryResult:
-        # Pure CPU, a few ms for hundreds of turns: not worth a thread hop.
-        return self.summarize_sync(previous, turns)
+        # Pure CPU: a few ms for hundreds of turns is not worth a thread hop, but a long
+        # document would hold the event loop (ingestion, the API) for much longer.
+        size = len(previous or "") + sum(len(t.text) for t in turns)
+        if size <= _INLINE_MAX_CHARS:
+            return self.summarize_sync(previous, turns)
+        return await asyncio.to_thread(self.summarize_sync, previous, turns)

@@ -26,9 +26,14 @@ class ResilientSummarizer:
         *,
         claude: ClaudeSummarizer | None,
         extractive: ExtractiveSummarizer,
+        prompt_version: str | None = None,
+        owns_claude: bool = True,
     ) -> None:
         self.claude = claude
         self.extractive = extractive
+        # None: the Claude summarizer's configured prompt.
+        self.prompt_version = prompt_version
+        self._owns_claude = owns_claude
         self.fallbacks = 0
 
     @classmethod
@@ -42,13 +47,23 @@ class ResilientSummarizer:
             extractive=ExtractiveSummarizer(max_tokens=settings.summary_max_tokens, counter=counter),
         )
 
+    def sibling(self, *, max_tokens: int, prompt_version: str) -> ResilientSummarizer:
+        """Another summarizer (other prompt, other fallback size) sharing this one's Claude
+        client, breaker and concurrency limit: one API, one view of its health."""
+        return ResilientSummarizer(
+            claude=self.claude,
+            extractive=ExtractiveSummarizer(max_tokens=max_tokens, counter=self.extractive.counter),
+            prompt_version=prompt_version,
+            owns_claude=False,
+        )
+
     @property
     def claude_available(self) -> bool:
         """Whether a call now would try Claude (configured and the breaker lets it)."""
         return self.claude is not None and self.claude.breaker.would_allow()
 
     async def aclose(self) -> None:
-        if self.claude is not None:
+        if self.claude is not None and self._owns_claude:
             await self.claude.aclose()
 
     async def summarize(self, previous: str | None, turns: Sequence[Chunk]) -> SummaryResult:
@@ -59,7 +74,7 @@ class ResilientSummarizer:
             reason = "circuit open"  # skip even the first attempt: fall back at once
         else:
             try:
-                return await self.claude.summarize(previous, turns)
+                return await self.claude.summarize(previous, turns, prompt_version=self.prompt_version)
             except SummarizerError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 log.warning("claude summary failed, using the extractive fallback: %s", reason)

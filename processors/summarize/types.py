@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from processors.types import Chunk
 
 Method = Literal["claude", "extractive"]
+# "session": a scope's running summary; "document": one document version's summary.
+SummaryKind = Literal["session", "document"]
 
 # Fixed namespace: the same covered range gets the same id on every machine and replay.
 _SUMMARY_NAMESPACE = uuid.UUID("0b8f5a52-3c1e-4f49-9d0e-6c7a1d2b9e41")
@@ -91,6 +93,12 @@ class SummaryRecord(BaseModel):
     text: str
     covers: SummaryCoverage
     previous_summary_id: str | None = None
+    kind: SummaryKind = "session"
+    # Turns folded into this summary so far, this step included (sessions).
+    turns_total: int = 0
+    # Documents: which document and version the summary is of.
+    doc_id: str | None = None
+    doc_version: int | None = None
     method: Method
     model: str | None = None
     prompt_version: str | None = None
@@ -117,6 +125,39 @@ class SummaryRecord(BaseModel):
             text=result.text,
             covers=covers,
             previous_summary_id=previous.summary_id if previous is not None else None,
+            turns_total=(previous.turns_total if previous is not None else 0) + covers.count,
+            method=result.method,
+            model=result.model,
+            prompt_version=result.prompt_version,
+            usage=result.usage,
+            cost_usd=result.cost_usd,
+            created_at=created_at if created_at is not None else datetime.now(UTC),
+        )
+
+    @classmethod
+    def build_document(
+        cls,
+        *,
+        parts: Sequence[Chunk],
+        result: SummaryResult,
+        previous: SummaryRecord | None,
+        created_at: datetime | None = None,
+    ) -> SummaryRecord:
+        """The summary of one document version (``parts``: its chunks, maybe only the first)."""
+        covers = SummaryCoverage.of(parts)
+        first = parts[0]
+        doc_id = first.doc_id or first.source_id
+        return cls(
+            tenant=first.tenant,
+            scope=first.scope,
+            # Keyed by the document, not the scope: the same position in two scopes is impossible.
+            summary_id=summary_id(first.tenant, f"doc:{doc_id}", covers),
+            text=result.text,
+            covers=covers,
+            previous_summary_id=previous.summary_id if previous is not None else None,
+            kind="document",
+            doc_id=doc_id,
+            doc_version=first.version,
             method=result.method,
             model=result.model,
             prompt_version=result.prompt_version,

@@ -1,0 +1,227 @@
+"""Candidate generation for the retrieved section: which chunks, in which order.
+
+One hybrid search (dense + BM25, RRF-fused by the store) of a few dozen misses much of what
+long multi-session conversations need (``bench/assembly_quality.py`` measures it), so:
+
+* a larger **hybrid pool**, fused by reciprocal rank with a **dense-only** list: the
+  store's RRF gives BM25 the same weight as dense, which lifts every turn that shares one
+  common word with the query; a second dense vote keeps meaning ahead of stray words,
+  while a rare id (one BM25 hit) still ranks high from the hybrid list alone;
+* a **second hop** for questions that need two turns ("which city is my sister moving
+  to?" needs "my sister Maya ..." and "Maya is relocating to ..."): the best first-hop
+  hits are appended to the query and searched again (BM25 then matches the name the
+  first hop revealed), and those hits are fused in at a lower weight;
+* **paired turns**: a user question that ranks high brings the assistant reply that
+  answered it ("It's otter-4471."), which shares no word with any later question;
+* **recency for "latest value" questions**: when the query asks for a current state
+  ("now", "current", "latest", ...), newer candidates gain (a changed fact is stated
+  again later, in nearly the same words as the stale one).
+
+The result is a list of :class:`~assembly.window.Hit` whose scores only order them; the
+window builder still blends in its own (small) recency weight and enforces the budget.
+Every search is tenant-filtered by the store and checked again here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from assembly.window import Hit
+from ctxpipe.errors import CtxPipeError
+from processors.types import Chunk
+from storage.hot import HotStore
+from storage.semantic.base import SemanticHit, SemanticStore
+from streams.events import EventKind, Role
+
+log = logging.getLogger(__name__)
+_ID: Final = re.compile(r"[A-Za-z0-9]+(?:[-_/.][A-Za-z0-9]+)*")
+Embed = Callable[[str], Awaitable[list[float]]]
+
+# Words that ask for the present state of something that may have changed.
+_LATEST_CUES: Final = re.compile(
+    r"\b(now|current(ly)?|latest|newest|most recent|these days|anymore|still|today|at the moment|updated?)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalConfig:
+    # Hybrid (dense + BM25) candidates asked of the store.
+    pool: int = 40
+    # Dense-only candidates fused with the hybrid list at ``dense_weight`` (0: off).
+    dense_pool: int = 0
+    dense_weight: float = 1.0
+    # Candidates containing an id the query names verbatim ("INC-13335") go first.
+    exact_ids: bool = False
+    # Reciprocal-rank constant of our fusion (the store's own RRF uses 60 too).
+    rrf_k: int = 60
+    # The best first-hop hits appended to the query for a second search (0: off).
+    second_hop: int = 0
+    # Weight of the second hop's list in the fusion (the first hop's lists weigh 1).
+    second_hop_weight: float = 0.5
+    # Top-ranked user questions whose assistant reply is added right after them (0: off).
+    neighbours: int = 0
+    # The hot-tier read for those replies gives up after this (the hits are kept).
+    neighbour_timeout_s: float = 0.25
+    # For queries asking for a current value: score *= 1 + latest_boost * rank-in-time.
+    latest_boost: float = 0.0
+
+
+# What the service did before this module: one hybrid search of 40.
+LEGACY_RETRIEVAL: Final = RetrievalConfig()
+# Chosen on the dev seed of bench/assembly_quality.py (never on the reported seed).
+DEFAULT_RETRIEVAL: Final = RetrievalConfig(
+    pool=100, dense_pool=100, dense_weight=0.5, exact_ids=True, second_hop=2, neighbours=8,
+)
+
+
+def asks_for_latest(query: str) -> bool:
+    return _LATEST_CUES.search(query) is not None
+
+
+def fuse(
+    lists: Sequence[tuple[float, Sequence[Chunk]]], k: int, into: dict[str, tuple[float, Chunk]] | None = None
+) -> dict[str, tuple[float, Chunk]]:
+    """Weighted reciprocal-rank fusion by chunk id: ``sum(w / (k + rank))``, rank from 1,
+    added to the scores already in ``into`` (not modified)."""
+    out: dict[str, tuple[float, Chunk]] = dict(into or {})
+    for weight, chunks in lists:
+        for rank, chunk in enumerate(chunks, start=1):
+            prev = out.get(chunk.chunk_id)
+            score = weight / (k + rank) + (prev[0] if prev else 0.0)
+            out[chunk.chunk_id] = (score, chunk)
+    return out
+
+
+def boost_latest(scored: dict[str, tuple[float, Chunk]], boost: float) -> dict[str, tuple[float, Chunk]]:
+    """Newer candidates gain up to ``boost`` (relative), by their rank in time among the
+    candidates (ranks, not ages: the spread of dates differs wildly between scopes)."""
+    if boost <= 0 or len(scored) < 2:
+        return scored
+    order = sorted(scored, key=lambda cid: (scored[cid][1].occurred_at, cid))
+    n = len(order) - 1
+    return {cid: (scored[cid][0] * (1 + boost * i / n), scored[cid][1]) for i, cid in enumerate(order)}
+
+
+def query_ids(query: str) -> list[str]:
+    """Tokens of the query that look like identifiers: letters/digits/dashes with a digit."""
+    return [t for t in _ID.findall(query) if any(ch.isdigit() for ch in t) and len(t) >= 4]
+
+
+def boost_ids(scored: dict[str, tuple[float, Chunk]], ids: Sequence[str]) -> dict[str, tuple[float, Chunk]]:
+    """Candidates containing one of ``ids`` as a whole token rank above all others (an id
+    is a lookup key: dense vectors blur ids of the same shape, BM25 splits them)."""
+    if not ids or not scored:
+        return scored
+    top = max(s for s, _ in scored.values())
+    patterns = [re.compile(rf"(?<![\w-]){re.escape(i)}(?![\w-])", re.IGNORECASE) for i in ids]
+    out: dict[str, tuple[float, Chunk]] = {}
+    for cid, (score, chunk) in scored.items():
+        matched = sum(1 for p in patterns if p.search(chunk.text))
+        out[cid] = (score + matched * top, chunk)
+    return out
+
+
+def pair_of(turns: Sequence[Chunk], hit: Chunk) -> Chunk | None:
+    """The assistant reply right after a user question, if there is one."""
+    if hit.kind is not EventKind.MESSAGE or hit.role is not Role.USER or "?" not in hit.text:
+        return None
+    at = next((i for i, c in enumerate(turns) if c.event_id == hit.event_id), None)
+    if at is None:
+        return None
+    for nxt in turns[at + 1 :]:
+        if nxt.event_id == hit.event_id:
+            continue  # another chunk of the same (long) question
+        ok = nxt.kind is EventKind.MESSAGE and nxt.role is Role.ASSISTANT
+        return nxt if ok else None
+    return None
+
+
+class Retriever:
+    def __init__(self, semantic: SemanticStore, hot: HotStore, config: RetrievalConfig = DEFAULT_RETRIEVAL) -> None:
+        self.semantic = semantic
+        self.hot = hot
+        self.config = config
+
+    async def retrieve(
+        self, tenant: str, scopes: Sequence[str], query: str, vector: Sequence[float], embed: Embed
+    ) -> list[Hit]:
+        c = self.config
+        searches = [self._search(tenant, scopes, vector, query, c.pool)]
+        if c.dense_pool > 0:
+            # An empty query text makes the store search the dense vectors only.
+            searches.append(self._search(tenant, scopes, vector, "", c.dense_pool))
+        first = await asyncio.gather(*searches)
+        weights = [1.0, c.dense_weight]
+        scored = fuse(list(zip(weights, first, strict=False)), c.rrf_k)
+        if c.second_hop > 0 and scored:
+            second = await self._second_hop(tenant, scopes, query, _ranked(scored)[: c.second_hop], embed)
+            scored = fuse([(c.second_hop_weight, second)], c.rrf_k, into=scored)
+        if asks_for_latest(query):
+            scored = boost_latest(scored, c.latest_boost)
+        if c.exact_ids:
+            scored = boost_ids(scored, query_ids(query))
+        ranked = _ranked(scored)
+        if c.neighbours > 0:
+            ranked = await self._with_replies(tenant, ranked, c.neighbours)
+        return [Hit(ch, s) for s, ch in ranked if ch.tenant == tenant]
+
+    async def _search(
+        self, tenant: str, scopes: Sequence[str], vector: Sequence[float], text: str, limit: int
+    ) -> list[Chunk]:
+        hits: list[SemanticHit] = await self.semantic.search(tenant, scopes, vector, text, limit=limit)
+        return [h.chunk for h in hits]
+
+    async def _second_hop(
+        self, tenant: str, scopes: Sequence[str], query: str, top: Sequence[tuple[float, Chunk]], embed: Embed
+    ) -> list[Chunk]:
+        expanded = " ".join([query, *(ch.text for _, ch in top)])
+        vector = await embed(expanded)
+        # The hits the query was expanded with come back first: ask for that many more.
+        return await self._search(tenant, scopes, vector, expanded, self.config.pool + len(top))
+
+    async def _with_replies(
+        self, tenant: str, ranked: list[tuple[float, Chunk]], top: int
+    ) -> list[tuple[float, Chunk]]:
+        """Put the reply of each of the ``top`` best user questions right after it."""
+        heads = [ch for _, ch in ranked[:top] if ch.role is Role.USER and "?" in ch.text]
+        scopes = list(dict.fromkeys(ch.scope for ch in heads))
+        if not scopes:
+            return ranked
+        try:
+            sessions = await asyncio.wait_for(
+                asyncio.gather(*(self.hot.recent(tenant, s) for s in scopes)), timeout=self.config.neighbour_timeout_s
+            )
+        except (TimeoutError, CtxPipeError, OSError) as exc:
+            # Replies are an extra: a slow or dead hot tier must not cost the hits themselves.
+            log.warning("replies of retrieved questions skipped: %r", exc)
+            return ranked
+        by_scope = dict(zip(scopes, sessions, strict=True))
+        head_ids = {ch.chunk_id for ch in heads}
+        seen = {ch.event_id for _, ch in ranked[:top]}
+        out: list[tuple[float, Chunk]] = []
+        for i, (score, ch) in enumerate(ranked):
+            out.append((score, ch))
+            if ch.chunk_id not in head_ids:
+                continue
+            reply = pair_of(by_scope.get(ch.scope, []), ch)
+            if reply is not None and reply.event_id not in seen:
+                seen.add(reply.event_id)
+                # Just below its question, above the next candidate.
+                below = ranked[i + 1][0] if i + 1 < len(ranked) else 0.0
+                out.append(((score + below) / 2 if below < score else score, reply))
+        # Later copies of a reply that was pulled up are dropped.
+        firsts: dict[str, int] = {}
+        for j, (_, ch) in enumerate(out):
+            firsts.setdefault(ch.chunk_id, j)
+        return [x for j, x in enumerate(out) if firsts[x[1].chunk_id] == j]
+
+
+def _ranked(scored: dict[str, tuple[float, Chunk]]) -> list[tuple[float, Chunk]]:
+    return sorted(scored.values(), key=lambda x: (-x[0], x[1].chunk_id))
+

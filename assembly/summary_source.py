@@ -1,0 +1,96 @@
+"""The assembly service's summary section, from the summaries the stream produced.
+
+The running summary of a scope covers its turns older than the recent-turns window (the
+summary stage never folds that window in), so it is exactly the history the recent section
+no longer shows. The text handed to the window starts with one line saying so; it depends
+only on the stored record, so the window's cached prefix stays byte-stable between folds.
+
+Reads are hot first (Redis); when Redis has nothing (never summarized, or the hot copy
+expired), S3 is asked, and a "nothing there either" answer is remembered briefly so scopes
+without a summary do not cost an S3 request on every window.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final
+
+from assembly.window import Summary
+from processors.summarize import SummaryRecord
+from storage.cold import ColdStore
+from storage.hot import HotStore
+from streams.summaries import SummaryStore
+
+SUMMARIZED_NOTE: Final = "Earlier parts of this conversation were summarized"
+_NEGATIVE_TTL_S: Final = 30.0
+_NEGATIVE_MAX: Final = 10_000
+
+
+def summary_heading(record: SummaryRecord) -> str:
+    turns = record.turns_total or record.covers.count
+    return f"[{SUMMARIZED_NOTE} ({turns} earlier message(s)); the summary follows.]"
+
+
+def as_window_summary(record: SummaryRecord) -> Summary:
+    return Summary(
+        text=f"{summary_heading(record)}\n{record.text}",
+        event_id=record.summary_id,
+        occurred_at=record.created_at,
+        metadata={
+            "summary_id": record.summary_id,
+            "kind": record.kind,
+            "method": record.method,
+            "model": record.model,
+            "prompt_version": record.prompt_version,
+            "covers": record.covers.model_dump(mode="json"),
+            "turns_total": record.turns_total,
+            **({"doc_id": record.doc_id, "doc_version": record.doc_version} if record.kind == "document" else {}),
+        },
+    )
+
+
+class StoredSummaries:
+    """:class:`assembly.service.SummaryProvider` over :class:`SummaryStore`."""
+
+    def __init__(self, store: SummaryStore, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self._clock = clock
+        self._absent: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    @classmethod
+    def from_tiers(cls, hot: HotStore, cold: ColdStore) -> StoredSummaries:
+        return cls(SummaryStore(hot, cold))
+
+    async def get(self, tenant: str, scope: str) -> Summary | None:
+        """The latest running summary of the scope, framed for the window."""
+        record = await self.store.latest_hot(tenant, scope)
+        if record is None:
+            record = await self._cold(tenant, scope)
+        return None if record is None or not record.text.strip() else as_window_summary(record)
+
+    async def document(self, tenant: str, doc_id: str) -> Summary | None:
+        """The summary of one document (hierarchical context next to its retrieved chunks)."""
+        record = await self.store.document(tenant, doc_id)
+        if record is None or not record.text.strip():
+            return None
+        return Summary(
+            text=record.text, event_id=record.summary_id, occurred_at=record.created_at,
+            metadata={"doc_id": record.doc_id, "doc_version": record.doc_version, "method": record.method},
+        )
+
+    async def _cold(self, tenant: str, scope: str) -> SummaryRecord | None:
+        key = (tenant, scope)
+        until = self._absent.get(key)
+        if until is not None and until > self._clock():
+            return None
+        record = await self.store.latest_cold(tenant, scope)
+        if record is None:
+            self._absent[key] = self._clock() + _NEGATIVE_TTL_S
+            self._absent.move_to_end(key)
+            while len(self._absent) > _NEGATIVE_MAX:
+                self._absent.popitem(last=False)
+        else:
+            self._absent.pop(key, None)
+        return record
