@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
@@ -15,7 +20,7 @@ from aiokafka.structs import TopicPartition
 from assembly.models import ContextRequest
 from assembly.service import AssemblyService
 from ctxpipe.runtime import open_runtime
-from ctxpipe.settings import Settings
+from ctxpipe.settings import Settings, to_env
 from ctxpipe.versions import VersionError, VersionRegistry, VersionStatus, edge_path_of, version_stores
 from ingest_helpers import TENANT, mixed_events, wait_applied
 from processors.chunking import ChunkingSettings, chunk_event
@@ -215,3 +220,41 @@ async def test_cleanup_removes_dropped_and_expired_scratch_versions_only(test_se
             assert [k async for k in reg.client.scan_iter(match=f"{settings.redis.key_prefix}@{name}:*")] == []
     assert edge_path_of(settings, "keep").exists()
     assert (await _state(settings, "keep"))["semantic/session:0"] > 0
+
+
+@pytest.mark.slow
+async def test_replay_process_sigkilled_midway_resumes_to_the_same_state(test_settings: Settings) -> None:
+    """The real CLI in a child process, killed with SIGKILL between checkpoints."""
+    fast = _fast(test_settings)
+    # A real process validates its settings: the progress interval must be positive there.
+    settings = fast.model_copy(update={"versions": fast.versions.model_copy(update={"progress_interval_s": 5.0})})
+    run = uuid.uuid4().hex[:6]
+    await _publish_and_ingest(settings, _corpus(run, n_extra=200))
+    whole = await Replayer(settings, "whole", chunking=SMALL, model=HashEmbedder()).run()
+
+    env = {**os.environ, **to_env(settings), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "ctxpipe", "replay", "killed", "--max-chunk-tokens",
+           str(SMALL.max_chunk_tokens), "--overlap-tokens", str(SMALL.overlap_tokens)]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        async with VersionRegistry(settings) as reg:
+            deadline = time.monotonic() + 120
+            while sum((await reg.checkpoints("killed", settings.kafka.source_topic)).values()) == 0:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"replay made no progress: {child.communicate()[1].decode()[-2000:]}")
+                await asyncio.sleep(0.01)
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate(timeout=30)
+            done = await reg.checkpoints("killed", settings.kafka.source_topic)
+            assert sum(done.values()) < sum(whole.end.values()), "the kill came after the replay finished"
+            assert (await reg.require("killed")).status is VersionStatus.BUILDING
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.communicate(timeout=30)
+
+    resumed = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    report = orjson.loads(resumed.stdout.splitlines()[-1])
+    assert report["resumed"] is True
+    assert await _state(settings, "killed") == await _state(settings, "whole")
