@@ -54,7 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ctxpipe.settings import Settings, to_env  # noqa: E402
-from infra.testing import free_port, s3_client, unique  # noqa: E402
+from infra.testing import free_port, unique  # noqa: E402
+from storage.cold import s3_client  # noqa: E402
 from processors.embedding import make_embedder  # noqa: E402
 from processors.tokens import LocalTokenCounter  # noqa: E402
 from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402

@@ -638,25 +638,12 @@ class _S3Proxy(_JavaService):
 
 
 def _s3_list_buckets(settings: Settings, timeout_s: float) -> bool:
-    # boto3 is imported here: it costs ~0.3 s and the CLI often does not need it.
-    import boto3
-    from botocore.config import Config
+    # Imported here: boto3 costs ~0.3 s and the CLI often does not need it.
     from botocore.exceptions import BotoCoreError, ClientError
 
-    s3 = settings.s3
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint_url,
-        region_name=s3.region,
-        aws_access_key_id=s3.access_key_id.get_secret_value(),
-        aws_secret_access_key=s3.secret_access_key.get_secret_value(),
-        config=Config(
-            s3={"addressing_style": "path"},
-            connect_timeout=timeout_s,
-            read_timeout=timeout_s,
-            retries={"max_attempts": 1},
-        ),
-    )
+    from storage.cold import s3_client
+
+    client = s3_client(settings.s3, max_attempts=1, connect_timeout_s=timeout_s, read_timeout_s=timeout_s)
     try:
         client.list_buckets()
     except (BotoCoreError, ClientError):

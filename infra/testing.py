@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ctxpipe.settings import S3Settings, Settings
+from ctxpipe.settings import Settings
 from infra.exceptions import StackError
 
 
@@ -40,22 +40,6 @@ def isolated_stack_settings(base: Settings, home: Path) -> Settings:
                 }
             ),
         }
-    )
-
-
-# Any: typed S3 clients need mypy-boto3-s3, which the project does not install.
-def s3_client(s3: S3Settings) -> Any:
-    """A boto3 client for the local S3 endpoint (path-style, as S3Proxy needs)."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=s3.endpoint_url,
-        region_name=s3.region,
-        aws_access_key_id=s3.access_key_id.get_secret_value(),
-        aws_secret_access_key=s3.secret_access_key.get_secret_value(),
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}),
     )
 
 

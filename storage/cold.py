@@ -135,12 +135,15 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _client_from(settings: S3Settings) -> S3Client:
+def s3_client(
+    settings: S3Settings, *, max_attempts: int = 3, connect_timeout_s: float = 5, read_timeout_s: float = 30
+) -> S3Client:
+    """The one place a boto3 S3 client is built (the tier, the stack's health check, tests)."""
     config = Config(
         s3={"addressing_style": "path"},  # S3Proxy/MinIO/moto: no per-bucket DNS names
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=30,
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
     )
     return boto3.client(
         "s3",
@@ -173,7 +176,7 @@ class ColdStore:
         self.settings = settings
         self.bucket = settings.bucket
         self._owns_client = client is None
-        self.client: S3Client = client if client is not None else _client_from(settings)
+        self.client: S3Client = client if client is not None else s3_client(settings)
 
     async def aclose(self) -> None:
         """Close the HTTP pool of a client this store created."""

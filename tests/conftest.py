@@ -18,7 +18,8 @@ import pytest
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import KafkaSettings, RedisSettings, S3Settings, Settings
 from infra.stack import Stack
-from infra.testing import check_created, s3_client, unique, wait_for_topics
+from infra.testing import check_created, unique, wait_for_topics
+from storage.cold import s3_client
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ctxpipe.settings import KafkaSettings, RedisSettings, S3Settings
 from infra.stack import Stack
-from infra.testing import s3_client
+from storage.cold import s3_client
 
 pytestmark = pytest.mark.stack
 
