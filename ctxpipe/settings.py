@@ -211,6 +211,15 @@ class SummarizerSettings(_Group):
     summary_max_tokens: int = Field(default=600, gt=0)
     # Which prompt template (processors.summarize.prompt.PROMPTS); recorded on every summary.
     prompt_version: str = "summary-v1"
+    # Document summaries are short (they sit next to retrieved passages) and made from the
+    # first part of the document only (enough to say what it is; bounds the model's input).
+    doc_summary_max_tokens: int = Field(default=160, gt=0)
+    doc_input_max_tokens: int = Field(default=6000, gt=0)
+    # Background scheduler: queued scopes/documents (documents hold their text), and how
+    # long a triggered scope waits before its check (batches in between coalesce).
+    queue_size: int = Field(default=1024, gt=0)
+    doc_queue_size: int = Field(default=64, gt=0)
+    settle_s: float = Field(default=1.0, ge=0)
     # model prefix -> (input, output) USD per million tokens; overrides the built-in table.
     prices_usd_per_mtok: dict[str, tuple[float, float]] = Field(default_factory=dict)
 

@@ -72,16 +72,6 @@ SUMMARY_LATE: Final = Counter(
     "ctxpipe_summary_late_total", "Scopes whose oldest turns left the hot tier before being summarized"
 )
 
-# Document summaries: short (they sit next to retrieved passages), made from the first
-# part of the document only (enough to say what it is; bounds the model's input).
-DOC_SUMMARY_MAX_TOKENS: Final = 160
-DOC_INPUT_MAX_TOKENS: Final = 6000
-# Scheduler bounds: queued keys, and documents among them (each holds its text).
-QUEUE_SIZE: Final = 1024
-DOC_QUEUE_SIZE: Final = 64
-# How long a triggered scope waits before its check runs (batches in between coalesce).
-SETTLE_S: Final = 1.0
-
 class SummaryRebuildError(CtxPipeError):
     """The summary topic could not be read to its end in time (Kafka slow or down)."""
 
@@ -275,7 +265,7 @@ class SummaryStage:
         self.summarizer = summarizer
         # Same API, breaker and concurrency limit; a document prompt and a shorter fallback.
         self.documents = documents if documents is not None else summarizer.sibling(
-            max_tokens=DOC_SUMMARY_MAX_TOKENS, prompt_version=DOCUMENT_PROMPT_VERSION
+            max_tokens=settings.doc_summary_max_tokens, prompt_version=DOCUMENT_PROMPT_VERSION
         )
         self._counter = counter if counter is not None else LocalTokenCounter()
         self._chunking = ChunkingSettings()
@@ -362,7 +352,7 @@ class SummaryStage:
         head: list[Chunk] = []
         used = 0
         for part in parts:
-            if head and used + part.tokens > DOC_INPUT_MAX_TOKENS:
+            if head and used + part.tokens > self.settings.doc_input_max_tokens:
                 break
             head.append(part)
             used += part.tokens
@@ -418,9 +408,9 @@ class SummaryScheduler:
         stage: SummaryStage,
         *,
         workers: int,
-        queue_size: int = QUEUE_SIZE,
-        doc_queue_size: int = DOC_QUEUE_SIZE,
-        settle_s: float = SETTLE_S,
+        queue_size: int,
+        doc_queue_size: int,
+        settle_s: float,
         close_grace_s: float = 5.0,
     ) -> None:
         if workers < 1:
@@ -604,7 +594,11 @@ async def open_summaries(
         settings=settings.summarizer, kafka=settings.kafka, hot=hot, store=SummaryStore(hot, cold),
         summarizer=summarizer, producer=producer,
     )
-    scheduler = SummaryScheduler(stage, workers=settings.summarizer.concurrency)
+    sset = settings.summarizer
+    scheduler = SummaryScheduler(
+        stage, workers=sset.concurrency, queue_size=sset.queue_size,
+        doc_queue_size=sset.doc_queue_size, settle_s=sset.settle_s,
+    )
     scheduler.start()
     try:
         yield scheduler
