@@ -62,8 +62,6 @@ class S3Settings(_Group):
     access_key_id: SecretStr = SecretStr("local-identity")
     secret_access_key: SecretStr = SecretStr("local-credential")
     bucket: str = "ctxpipe-cold"
-    archive_batch_events: int = Field(default=500, gt=0)
-    archive_batch_seconds: float = Field(default=5.0, gt=0)
 
     @property
     def port(self) -> int:

@@ -44,7 +44,8 @@ from ctxpipe.errors import CtxPipeError, DependencyUnavailableError
 from ctxpipe.settings import Settings
 from processors.chunking import ChunkingSettings
 from storage.exceptions import StorageUnavailableError
-from storage.hot import HotStore, translate_redis_errors
+from storage.base import AsyncCloseable
+from storage.hot import HotStore, redis_client, translate_redis_errors
 from storage.semantic import open_semantic_store
 from storage.semantic.base import SemanticStore
 
@@ -122,18 +123,14 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-def _redis(settings: Settings) -> aioredis.Redis:
-    password = settings.redis.password.get_secret_value() if settings.redis.password else None
-    return aioredis.Redis.from_url(settings.redis.url, password=password, decode_responses=False)
 
-
-class VersionRegistry:
+class VersionRegistry(AsyncCloseable):
     """The versions of one deployment (keyed by the *base* Redis prefix)."""
 
     def __init__(self, settings: Settings, client: aioredis.Redis | None = None) -> None:
         self.settings = settings
         self._owns = client is None
-        self.client = client if client is not None else _redis(settings)
+        self.client = client if client is not None else redis_client(settings.redis)
         base = settings.redis.key_prefix
         self._hash = f"{base}::versions"
         self._serving = f"{base}::versions:serving"
@@ -141,12 +138,6 @@ class VersionRegistry:
     async def aclose(self) -> None:
         if self._owns:
             await self.client.aclose()
-
-    async def __aenter__(self) -> VersionRegistry:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     def _ckpt(self, name: str) -> str:
         return f"{self._hash}:ckpt:{name}"

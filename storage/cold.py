@@ -23,8 +23,7 @@ import gzip
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from types import TracebackType
-from typing import Any, Final, NamedTuple, Self, TypeAlias, TypeVar
+from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import quote
 
 import boto3
@@ -35,7 +34,7 @@ from pydantic import ValidationError
 
 from ctxpipe.settings import S3Settings
 from processors.types import Chunk
-from storage.base import BatchingSink
+from storage.base import AsyncCloseable
 from storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
 
 _TIER: Final = "cold"
@@ -169,7 +168,7 @@ def _translate(exc: Exception, operation: str) -> StorageError:
     return StorageError(repr(exc), tier=_TIER, operation=operation)
 
 
-class ColdStore:
+class ColdStore(AsyncCloseable):
     """Async facade over one S3 bucket."""
 
     def __init__(self, settings: S3Settings, client: S3Client | None = None) -> None:
@@ -182,17 +181,6 @@ class ColdStore:
         """Close the HTTP pool of a client this store created."""
         if self._owns_client:
             self.client.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _call(self, operation: str, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> R:
         """Run a blocking boto3 call in a thread; translate driver errors."""
@@ -355,38 +343,3 @@ class ColdStore:
             # Never hand one tenant's data to another, whatever is in the bucket.
             raise StorageDataError(f"snapshot {key} holds foreign chunks", tier=_TIER, operation="get_scope_snapshot")
         return chunks
-
-
-class ColdArchiver(BatchingSink[tuple[str, int], ArchivedRecord]):
-    """Batches raw records per (topic, partition) into archive objects.
-
-    ``archived_offset`` is the highest offset made durable per partition: the consumer
-    may commit up to it (+1) once the other sinks have too.
-    """
-
-    def __init__(
-        self,
-        store: ColdStore,
-        *,
-        max_items: int | None = None,
-        max_age_s: float | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(
-            max_items=max_items if max_items is not None else store.settings.archive_batch_events,
-            max_age_s=max_age_s if max_age_s is not None else store.settings.archive_batch_seconds,
-            clock=clock,
-        )
-        self.store = store
-        self.archived_offset: dict[tuple[str, int], int] = {}
-        self.objects_written = 0
-
-    async def add(self, topic: str, partition: int, record: ArchivedRecord) -> None:
-        await self.put((topic, partition), record)
-
-    async def write(self, key: tuple[str, int], items: Sequence[ArchivedRecord]) -> None:
-        topic, partition = key
-        await self.store.archive(topic, partition, items)
-        self.objects_written += 1
-        top = max(r.offset for r in items)
-        self.archived_offset[key] = max(top, self.archived_offset.get(key, -1))

@@ -31,8 +31,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 from urllib.parse import quote
 
 import orjson
@@ -42,6 +41,7 @@ from redis import exceptions as redis_errors
 
 from ctxpipe.settings import RedisSettings
 from processors.types import Chunk
+from storage.base import AsyncCloseable
 from storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
 from streams.events import EventKind
 
@@ -199,34 +199,23 @@ async def translate_redis_errors(operation: str) -> AsyncIterator[None]:
         raise StorageError(repr(exc), tier=_TIER, operation=operation) from exc
 
 
-def _client_from(settings: RedisSettings) -> aioredis.Redis:
+def redis_client(settings: RedisSettings) -> aioredis.Redis:
     password = settings.password.get_secret_value() if settings.password else None
     # Bytes in, bytes out: values are orjson bytes and float32 blobs, never text.
     return aioredis.Redis.from_url(settings.url, password=password, decode_responses=False)
 
 
-class _RedisOwner:
+class _RedisOwner(AsyncCloseable):
     """Owns the client when it created it; a shared client is left for its owner to close."""
 
     def __init__(self, settings: RedisSettings, client: aioredis.Redis | None) -> None:
         self.settings = settings
         self._owns_client = client is None
-        self.client: aioredis.Redis = client if client is not None else _client_from(settings)
+        self.client: aioredis.Redis = client if client is not None else redis_client(settings)
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self.client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def ping(self) -> bool:
         async with translate_redis_errors("ping"):

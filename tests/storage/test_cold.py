@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -10,7 +9,7 @@ import pytest
 
 from ctxpipe.settings import S3Settings
 from processors.types import Chunk, chunk_id
-from storage.cold import ArchivedRecord, ColdArchiver, ColdStore, archive_key, window_key
+from storage.cold import ArchivedRecord, ColdStore, archive_key, window_key
 from storage.exceptions import StorageError, StorageUnavailableError
 from streams.events import EventKind, Role
 
@@ -106,68 +105,12 @@ async def test_json_and_bytes_blobs(cold: ColdStore) -> None:
     await cold.ensure_bucket()  # idempotent on an existing bucket
 
 
-async def test_archiver_flushes_by_count(cold: ColdStore) -> None:
-    archiver = ColdArchiver(cold, max_items=3, max_age_s=3600)
-    for o in range(7):
-        await archiver.add(TOPIC, 1, rec(o))
-    await archiver.add(TOPIC, 2, rec(100))
-    assert await cold.archived_ranges(TOPIC, 1) == [(0, 2), (3, 5)]
-    assert archiver.pending() == {(TOPIC, 1): 1, (TOPIC, 2): 1}
-    assert archiver.archived_offset == {(TOPIC, 1): 5}
-    await archiver.aclose()  # flushes the rest
-    assert await cold.archived_ranges(TOPIC, 1) == [(0, 2), (3, 5), (6, 6)]
-    assert await cold.archived_ranges(TOPIC, 2) == [(100, 100)]
-    assert archiver.pending() == {}
-
-
-async def test_archiver_flushes_by_age(cold: ColdStore) -> None:
-    now = [0.0]
-    archiver = ColdArchiver(cold, max_items=1000, max_age_s=5, clock=lambda: now[0])
-    await archiver.add(TOPIC, 0, rec(0))
-    now[0] = 4.0
-    await archiver.add(TOPIC, 3, rec(1))
-    await archiver.flush_expired()
-    assert await cold.archived_ranges(TOPIC, 0) == []
-    now[0] = 5.0
-    await archiver.flush_expired()  # partition 0's batch is 5 s old, partition 3's is 1 s
-    assert await cold.archived_ranges(TOPIC, 0) == [(0, 0)]
-    assert archiver.pending() == {(TOPIC, 3): 1}
-    now[0] = 9.0
-    await archiver.add(TOPIC, 5, rec(2))  # an add also flushes what has aged
-    assert await cold.archived_ranges(TOPIC, 3) == [(1, 1)]
-    await archiver.aclose()
-
-
-async def test_archiver_ticker_flushes_quiet_partitions(cold: ColdStore) -> None:
-    archiver = ColdArchiver(cold, max_items=1000, max_age_s=0.2)
-    archiver.start(interval_s=0.05)
-    await archiver.add(TOPIC, 7, rec(0))
-    for _ in range(100):
-        if not archiver.pending():
-            break
-        await asyncio.sleep(0.05)
-    assert await cold.archived_ranges(TOPIC, 7) == [(0, 0)]
-    await archiver.aclose()
-
-
-async def test_failed_write_keeps_the_batch(s3_settings: S3Settings) -> None:
+async def test_archive_into_a_missing_bucket_fails_not_retriable(s3_settings: S3Settings) -> None:
     missing = s3_settings.model_copy(update={"bucket": s3_settings.bucket[:50] + "-missing"})
     async with ColdStore(missing) as store:
-        archiver = ColdArchiver(store, max_items=2, max_age_s=3600)
-        await archiver.add(TOPIC, 0, rec(0))
         with pytest.raises(StorageError) as info:
-            await archiver.add(TOPIC, 0, rec(1))
-        assert info.value.tier == "cold" and not info.value.retriable
-        assert archiver.pending() == {(TOPIC, 0): 2}
-        await store.ensure_bucket()
-        await archiver.flush()
-        assert [r.offset async for r in store.read_archive(TOPIC, 0)] == [0, 1]
-        assert archiver.pending() == {}
-        # The fixture only cleans up its own bucket.
-        for key in await store.list_keys(""):
-            await store.delete(key)
-        await asyncio.to_thread(store.client.delete_bucket, Bucket=missing.bucket)
-
+            await store.archive(TOPIC, 0, [rec(0), rec(1)])
+    assert info.value.tier == "cold" and not info.value.retriable
 
 async def test_unreachable_s3_is_retriable(s3_settings: S3Settings) -> None:
     down = s3_settings.model_copy(update={"endpoint_url": "http://127.0.0.1:1"})
