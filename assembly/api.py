@@ -46,13 +46,15 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
     @api.post("/v1/context", response_model=ContextResponse)
     async def context(
         request: Request, body: ContextRequest, x_api_key: str | None = Header(default=None)
-    ) -> ContextResponse:
+    ) -> Response:
         """The best context for this scope and query within ``budget_tokens``, ready for
         the Messages API. A failed tier gives a smaller answer with ``degraded: true``."""
         check_tenant(request.app.state.settings.api, body.tenant, x_api_key)
         assembly: AssemblyService = request.app.state.assembly
         try:
-            return await assembly.assemble(body)
+            # Serialized once by the service (the same bytes are recorded): FastAPI would
+            # validate and serialize the model again; the schema is still documented above.
+            return Response(content=await assembly.assemble_json(body), media_type="application/json")
         except BudgetTooSmallError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
 

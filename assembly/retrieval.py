@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections import Counter
 from dataclasses import dataclass
 from typing import Final
 
@@ -119,10 +120,13 @@ def boost_ids(scored: dict[str, tuple[float, Chunk]], ids: Sequence[str]) -> dic
     if not ids or not scored:
         return scored
     top = max(s for s, _ in scored.values())
-    patterns = [re.compile(rf"(?<![\w-]){re.escape(i)}(?![\w-])", re.IGNORECASE) for i in ids]
+    weight = Counter(i.lower() for i in ids)
+    # One scan of each text for all ids (longest first, so a longer id is not cut short).
+    alternatives = "|".join(re.escape(i) for i in sorted(weight, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w-])({alternatives})(?![\w-])", re.IGNORECASE)
     out: dict[str, tuple[float, Chunk]] = {}
     for cid, (score, chunk) in scored.items():
-        matched = sum(1 for p in patterns if p.search(chunk.text))
+        matched = sum(weight[m] for m in {m.lower() for m in pattern.findall(chunk.text)})
         out[cid] = (score + matched * top, chunk)
     return out
 
@@ -152,15 +156,18 @@ class Retriever:
         self, tenant: str, scopes: Sequence[str], query: str, vector: Sequence[float], embed: Embed
     ) -> list[Hit]:
         c = self.config
-        searches = [self._search(tenant, scopes, vector, query, c.pool)]
+        queries: list[tuple[Sequence[float], str, int]] = [(vector, query, c.pool)]
         if c.dense_pool > 0:
             # An empty query text makes the store search the dense vectors only.
-            searches.append(self._search(tenant, scopes, vector, "", c.dense_pool))
-        first = await asyncio.gather(*searches)
+            queries.append((vector, "", c.dense_pool))
+        # One engine call for both lists (Edge plans them together and decodes each chunk once).
+        first_hits = await self.semantic.search_batch(tenant, scopes, queries)
+        first = [[h.chunk for h in hits] for hits in first_hits]
         weights = [1.0, c.dense_weight]
         scored = fuse(list(zip(weights, first, strict=False)), c.rrf_k)
         if c.second_hop > 0 and scored:
-            second = await self._second_hop(tenant, scopes, query, _ranked(scored)[: c.second_hop], embed)
+            known = {h.chunk.chunk_id: h for hits in first_hits for h in hits}
+            second = await self._second_hop(tenant, scopes, query, _ranked(scored)[: c.second_hop], embed, known)
             scored = fuse([(c.second_hop_weight, second)], c.rrf_k, into=scored)
         if asks_for_latest(query):
             scored = boost_latest(scored, c.latest_boost)
@@ -171,19 +178,23 @@ class Retriever:
             ranked = await self._with_replies(tenant, ranked, c.neighbours)
         return [Hit(ch, s) for s, ch in ranked if ch.tenant == tenant]
 
-    async def _search(
-        self, tenant: str, scopes: Sequence[str], vector: Sequence[float], text: str, limit: int
-    ) -> list[Chunk]:
-        hits: list[SemanticHit] = await self.semantic.search(tenant, scopes, vector, text, limit=limit)
-        return [h.chunk for h in hits]
-
     async def _second_hop(
-        self, tenant: str, scopes: Sequence[str], query: str, top: Sequence[tuple[float, Chunk]], embed: Embed
+        self,
+        tenant: str,
+        scopes: Sequence[str],
+        query: str,
+        top: Sequence[tuple[float, Chunk]],
+        embed: Embed,
+        known: Mapping[str, SemanticHit],
     ) -> list[Chunk]:
         expanded = " ".join([query, *(ch.text for _, ch in top)])
         vector = await embed(expanded)
         # The hits the query was expanded with come back first: ask for that many more.
-        return await self._search(tenant, scopes, vector, expanded, self.config.pool + len(top))
+        # Most of its hits were in the first hop: those are not decoded again.
+        (hits,) = await self.semantic.search_batch(
+            tenant, scopes, [(vector, expanded, self.config.pool + len(top))], known=known
+        )
+        return [h.chunk for h in hits]
 
     async def _with_replies(
         self, tenant: str, ranked: list[tuple[float, Chunk]], top: int

@@ -32,19 +32,11 @@ from assembly import metrics
 from assembly.anthropic_format import prefix_sha256
 from assembly.models import (
     SECTION_ORDER,
-    AnthropicPayload,
     ContextRequest,
     ContextResponse,
     FreshnessClass,
-    FreshnessOut,
-    OmittedOut,
-    PositionsOut,
     SectionName,
-    SectionOut,
-    StreamPosition,
     TierName,
-    Watermark,
-    WindowItemOut,
 )
 from assembly.retrieval import DEFAULT_RETRIEVAL, Retriever
 from assembly.window import Hit, Summary, Window, WindowConfig, build_window, minimum_budget
@@ -67,6 +59,8 @@ T = TypeVar("T")
 _POLL_FIRST_S: Final = 0.01
 _POLL_MAX_S: Final = 0.1
 WINDOW_FORMAT_VERSION: Final = 1
+# Stream positions are keyed by partition number; datetimes in UTC end in "Z" (as pydantic writes them).
+_JSON_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 
 
 class SummaryProvider(Protocol):
@@ -155,8 +149,8 @@ class WindowRecorder:
         self._producer_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def record(self, tenant: str, scope: str, trace_id: str, doc: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._store(tenant, scope, trace_id, doc))
+    def record(self, tenant: str, scope: str, trace_id: str, payload: bytes) -> None:
+        task = asyncio.create_task(self._store(tenant, scope, trace_id, payload))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -170,8 +164,7 @@ class WindowRecorder:
             await self._producer.stop()
             self._producer = None
 
-    async def _store(self, tenant: str, scope: str, trace_id: str, doc: dict[str, Any]) -> None:
-        payload = orjson.dumps(doc)
+    async def _store(self, tenant: str, scope: str, trace_id: str, payload: bytes) -> None:
         try:
             await self._cold.put_bytes(window_key(tenant, trace_id), payload, content_type="application/json")
         except CtxPipeError as exc:
@@ -218,6 +211,12 @@ class AssemblyService:
             max_wait_s=emb.query_max_wait_ms / 1000, cache_size=emb.query_cache_size,
         )
         self.retriever = Retriever(tiers.semantic, tiers.hot, DEFAULT_RETRIEVAL)
+        # Fixed for the service's life: dumped once, not per recorded window.
+        self._versions: dict[str, Any] = {
+            "embedding_model": tiers.embedder.model_name,
+            "counter": type(self.counter).__name__,
+            "assembly_settings": self.config.model_dump(mode="json"),
+        }
         self._background: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
@@ -242,6 +241,13 @@ class AssemblyService:
     # -- the request --------------------------------------------------------------------
 
     async def assemble(self, request: ContextRequest) -> ContextResponse:
+        """The window as a model (in-process callers); parsing the served bytes also checks
+        that what the API sends matches its schema."""
+        return ContextResponse.model_validate_json(await self.assemble_json(request))
+
+    async def assemble_json(self, request: ContextRequest) -> bytes:
+        """The window as the JSON the API sends, serialized once: the same bytes are the
+        HTTP body and the ``response`` of the window record."""
         start = time.perf_counter()
         trace_id = uuid.uuid4().hex
         system_prompt = request.system_prompt if request.system_prompt is not None else self.config.system_prompt
@@ -286,11 +292,12 @@ class AssemblyService:
             hits=sem_f.value or [],
             now=now,
         )
-        response = self._response(request, trace_id, window, hot, sem_f, wait, reasons, now)
-        self._observe(response, time.perf_counter() - start)
+        doc = self._response(request, trace_id, window, hot, sem_f, wait, reasons, now)
+        body = orjson.dumps(doc, option=_JSON_OPTIONS)
+        self._observe(window, doc, time.perf_counter() - start)
         if self.config.record_windows:
-            self.recorder.record(request.tenant, request.scope, trace_id, self._record(request, response))
-        return response
+            self.recorder.record(request.tenant, request.scope, trace_id, self._record(request, doc, body))
+        return body
 
     # -- tiers --------------------------------------------------------------------------
 
@@ -428,7 +435,10 @@ class AssemblyService:
         wait: _Wait,
         reasons: list[str],
         now: datetime,
-    ) -> ContextResponse:
+    ) -> dict[str, Any]:
+        """The :class:`ContextResponse` as plain JSON data, field for field (built directly:
+        validating hundreds of items into models, then dumping them, cost more than the
+        rest of the request; :meth:`assemble` validates the bytes instead)."""
         bounds = self.config.staleness_bounds_s
         hot_tier: TierName = "none" if hot is None else hot.source
         main_mark = hot.watermarks.get(request.scope) if hot else None
@@ -441,32 +451,33 @@ class AssemblyService:
             "pinned": "fact", "recent": "message", "retrieved": "document", "summary": "document"
         }
         order = ("realtime", "near_real_time", "batch")
-        sections: list[SectionOut] = []
+        sections: list[dict[str, Any]] = []
         for name in SECTION_ORDER:
             sec = window.sections[name]
             kinds = {i.chunk.kind.value for i in sec.items} or {default_kind[name]}
             fclass = max((self._freshness_class(k) for k in kinds), key=order.index)
-            mark: Watermark | dict[str, int] | None = None
+            mark: dict[str, Any] | None = None
             if name in ("pinned", "recent") and main_mark is not None:
-                mark = Watermark(partition=main_mark.partition, offset=main_mark.offset, updated_at=main_mark.updated_at)
+                mark = _watermark(main_mark)
             elif name == "retrieved" and wait.applied:
                 mark = {str(p): o for p, o in sorted(wait.applied.items())}
             items = [
-                WindowItemOut(
-                    event_id=i.chunk.event_id, chunk_id=i.chunk.chunk_id, scope=i.chunk.scope,
-                    kind=i.chunk.kind.value, role=i.chunk.role.value if i.chunk.role else None,
-                    text=i.text, tokens=i.tokens, occurred_at=i.chunk.occurred_at,
-                    age_seconds=round(max(0.0, (now - i.chunk.occurred_at).total_seconds()), 3),
-                    score=i.score, truncated=i.truncated, metadata=i.chunk.metadata,
-                )
+                {
+                    "event_id": i.chunk.event_id, "chunk_id": i.chunk.chunk_id, "scope": i.chunk.scope,
+                    "kind": i.chunk.kind.value, "role": i.chunk.role.value if i.chunk.role else None,
+                    "text": i.text, "tokens": i.tokens, "occurred_at": i.chunk.occurred_at,
+                    "age_seconds": round(max(0.0, (now - i.chunk.occurred_at).total_seconds()), 3),
+                    "score": i.score, "truncated": i.truncated, "metadata": i.chunk.metadata,
+                }
                 for i in sec.items
             ]
-            sections.append(SectionOut(
-                name=name, budget_tokens=sec.budget_tokens, used_tokens=sec.used_tokens,
-                tier=tiers[name], freshness_class=fclass, staleness_bound_s=bounds.get(fclass),
-                watermark=mark, items=items,
-            ))
-        degraded = bool(reasons)
+            bound = bounds.get(fclass)
+            sections.append({
+                "name": name, "budget_tokens": sec.budget_tokens, "used_tokens": sec.used_tokens,
+                "tier": tiers[name], "freshness_class": fclass,
+                "staleness_bound_s": None if bound is None else float(bound),
+                "watermark": mark, "items": items,
+            })
         required = request.freshness
         hot_ok = hot is not None and hot.source == "hot"
         satisfied = not wait.pending and (
@@ -476,52 +487,54 @@ class AssemblyService:
             or required == "batch"
         )
         layout = window.layout
-        return ContextResponse(
-            trace_id=trace_id, tenant=request.tenant, scope=request.scope,
-            budget_tokens=request.budget_tokens, used_tokens=window.used_tokens,
-            counter=type(self.counter).__name__,
-            sections=sections,
-            omitted=[OmittedOut(event_id=o.event_id, section=o.section, reason=o.reason) for o in window.omitted],
-            notes=window.notes, degraded=degraded, degraded_reasons=reasons,
-            pending_writes=wait.pending,
-            freshness=FreshnessOut(
-                required=required, satisfied=satisfied,
-                classes={k: self._freshness_class(k) for k in self.config.freshness_classes},
-                staleness_bounds_s=dict(bounds),
-            ),
-            positions=PositionsOut(
-                topic=self.settings.kafka.source_topic, applied=wait.applied,
-                scope_watermarks={
-                    s: Watermark(partition=m.partition, offset=m.offset, updated_at=m.updated_at)
-                    for s, m in (hot.watermarks.items() if hot else [])
-                },
-                wait_for=list(request.wait_for), pending_writes=wait.pending,
-                waited_ms=round(wait.waited_ms, 3),
-            ),
-            prefix_sha256=prefix_sha256(layout),
-            anthropic=AnthropicPayload(system=layout.system_payload(), messages=layout.messages_payload()),
-        )
+        return {
+            "trace_id": trace_id, "tenant": request.tenant, "scope": request.scope,
+            "budget_tokens": request.budget_tokens, "used_tokens": window.used_tokens,
+            "counter": type(self.counter).__name__,
+            "sections": sections,
+            "omitted": [{"event_id": o.event_id, "section": o.section, "reason": o.reason} for o in window.omitted],
+            "notes": window.notes, "degraded": bool(reasons), "degraded_reasons": reasons,
+            "pending_writes": wait.pending,
+            "freshness": {
+                "required": required, "satisfied": satisfied,
+                "classes": {k: self._freshness_class(k) for k in self.config.freshness_classes},
+                "staleness_bounds_s": {k: float(v) for k, v in bounds.items()},
+            },
+            "positions": {
+                "topic": self.settings.kafka.source_topic, "applied": wait.applied,
+                "scope_watermarks": {s: _watermark(m) for s, m in (hot.watermarks.items() if hot else [])},
+                "wait_for": [p.model_dump(mode="json") for p in request.wait_for],
+                "pending_writes": wait.pending,
+                "waited_ms": round(wait.waited_ms, 3),
+            },
+            "prefix_sha256": prefix_sha256(layout),
+            "anthropic": {"system": layout.system_payload(), "messages": layout.messages_payload()},
+        }
 
-    def _observe(self, response: ContextResponse, seconds: float) -> None:
+    def _observe(self, window: Window, doc: dict[str, Any], seconds: float) -> None:
         metrics.REQUEST_SECONDS.observe(seconds)
-        metrics.WINDOW_TOKENS.observe(response.used_tokens)
-        for sec in response.sections:
-            metrics.SECTION_TOKENS.labels(section=sec.name).observe(sec.used_tokens)
-        if response.pending_writes:
+        metrics.WINDOW_TOKENS.observe(window.used_tokens)
+        for name, sec in window.sections.items():
+            metrics.SECTION_TOKENS.labels(section=name).observe(sec.used_tokens)
+        if doc["pending_writes"]:
             metrics.PENDING_WRITES.inc()
 
-    def _record(self, request: ContextRequest, response: ContextResponse) -> dict[str, Any]:
-        """What reproduction needs: the request, the answer, versions and positions."""
-        return {
-            "format_version": WINDOW_FORMAT_VERSION,
-            "trace_id": response.trace_id,
-            "recorded_at": time.time(),
-            "request": request.model_dump(mode="json"),
-            "response": response.model_dump(mode="json"),
-            "positions": response.positions.model_dump(mode="json"),
-            "versions": {
-                "embedding_model": self.tiers.embedder.model_name,
-                "counter": type(self.counter).__name__,
-                "assembly_settings": self.config.model_dump(mode="json"),
+    def _record(self, request: ContextRequest, doc: dict[str, Any], body: bytes) -> bytes:
+        """What reproduction needs: the request, the answer (the served bytes, embedded as
+        they are), versions and positions."""
+        return orjson.dumps(
+            {
+                "format_version": WINDOW_FORMAT_VERSION,
+                "trace_id": doc["trace_id"],
+                "recorded_at": time.time(),
+                "request": orjson.Fragment(request.model_dump_json()),
+                "response": orjson.Fragment(body),
+                "positions": doc["positions"],
+                "versions": self._versions,
             },
-        }
+            option=_JSON_OPTIONS,
+        )
+
+
+def _watermark(m: HotWatermark) -> dict[str, Any]:
+    return {"partition": m.partition, "offset": m.offset, "updated_at": m.updated_at}

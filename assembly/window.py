@@ -15,9 +15,14 @@ hits, it fills the sections in priority order ``pinned, summary, recent, retriev
 * whatever was cut is listed in ``omitted`` and, for history, facts and the summary, said in a
   short note inside the window ("never silently drop context").
 
-The result is then rendered (:mod:`assembly.anthropic_format`) and counted exactly as it
-will be sent; if the exact count is over the budget (a counter that is not additive), items
-are dropped in drop order until it fits, so ``used_tokens <= budget_tokens`` always holds.
+Items are packed by *estimated* costs: a chunk's ``tokens`` (counted at ingest) plus a cached
+count of the text its rendering wraps it in, instead of counting every candidate's rendered
+text (most candidates never enter the window). With the local counter, and ``tokens`` counted
+by it, the estimate is an upper bound of the rendered count (:func:`chunk_cost`). Whatever
+the estimates, the window is then rendered (:mod:`assembly.anthropic_format`) and the placed
+text counted exactly as it will be sent; if that count is over the budget (a counter that is
+not additive, a chunk whose ``tokens`` is stale), items are dropped in drop order until it
+fits, so ``used_tokens <= budget_tokens`` always holds.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from assembly.anthropic_format import (
     BLOCK_OVERHEAD_TOKENS,
@@ -47,7 +52,7 @@ from assembly.anthropic_format import (
 )
 from assembly.exceptions import BudgetTooSmallError
 from assembly.models import SECTION_ORDER, SectionName
-from processors.tokens import TokenCounter, truncate_to_tokens
+from processors.tokens import LocalTokenCounter, TokenCounter, truncate_to_tokens
 from processors.types import Chunk
 from streams.events import EventKind, Role
 
@@ -104,8 +109,8 @@ class SectionResult:
     items: list[PlacedItem] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class Omission:
+class Omission(NamedTuple):
+    # A tuple: hundreds are made per window (every retrieved candidate left out).
     event_id: str
     section: SectionName
     reason: str
@@ -123,17 +128,32 @@ class Window:
 
 
 class _MemoCounter:
-    """Counts each distinct text once per build (the verification loop re-counts)."""
+    """Counts each distinct text once per build (the verification loop re-counts), and
+    estimates chunk texts from their ``tokens`` when that is the configured counter's count."""
 
     def __init__(self, counter: TokenCounter) -> None:
         self._counter = counter
         self._memo: dict[str, int] = {}
+        # Chunks are counted at ingest with the local counter (processors.chunking): their
+        # `tokens` is this counter's count only when this counter is the local one.
+        self.trusts_chunk_tokens = type(counter) is LocalTokenCounter
 
     def __call__(self, text: str) -> int:
         got = self._memo.get(text)
         if got is None:
             got = self._memo[text] = self._counter.count(text)
         return got
+
+    def chunk(self, chunk: Chunk) -> int:
+        """Tokens of ``chunk.text`` (an estimate: the exact check comes after rendering)."""
+        return chunk.tokens if self.trusts_chunk_tokens else self(chunk.text)
+
+
+def _edge_slack(text: str, before: bool, after: bool) -> int:
+    """The local counter is additive over a concatenation except where two whitespace runs
+    meet, which can cost one token more per seam (rendering only joins at whitespace or
+    punctuation, never letters to letters)."""
+    return (1 if before and text[:1].isspace() else 0) + (1 if after and text[-1:].isspace() else 0)
 
 
 @dataclass(slots=True)
@@ -259,7 +279,7 @@ def _fit_query(query: str, max_tokens: int, counter: TokenCounter) -> str:
 def _fill_pinned(
     section: SectionResult,
     facts: Sequence[Chunk],
-    count: Callable[[str], int],
+    count: _MemoCounter,
     placed_events: set[str],
     omitted: list[Omission],
 ) -> None:
@@ -277,7 +297,9 @@ def _fill_pinned(
         unique.append(fact)
     unique.reverse()
     header = count(facts_text([])) + BLOCK_OVERHEAD_TOKENS
-    costs = [count(fact_line(f.text)) + 1 for f in unique]
+    line = count(fact_line(""))
+    # fact_line(text) = "\n- " + text: text's leading whitespace may merge with the "- ".
+    costs = [line + count.chunk(f) + _edge_slack(f.text, True, False) + 1 for f in unique]
     # Keep the newest facts when they do not all fit: they are most likely still true.
     keep = [False] * len(unique)
     used = 0
@@ -350,7 +372,7 @@ class _RecentState:
         query: str,
         config: WindowConfig,
         counter: TokenCounter,
-        count: Callable[[str], int],
+        count: _MemoCounter,
     ) -> _RecentState:
         turns = _group_turns(recent, config, counter, count)
         # The current query is often published as a message too: it is sent once, at the end.
@@ -413,7 +435,7 @@ class _RecentState:
 
 
 def _group_turns(
-    recent: Sequence[Chunk], config: WindowConfig, counter: TokenCounter, count: Callable[[str], int]
+    recent: Sequence[Chunk], config: WindowConfig, counter: TokenCounter, count: _MemoCounter
 ) -> list[_Turn]:
     groups: dict[str, list[Chunk]] = {}
     for chunk in recent:
@@ -423,6 +445,8 @@ def _group_turns(
         chunks.sort(key=lambda c: c.index)
         text = "\n".join(c.text for c in chunks)
         truncated = False
+        # Each "\n" seam adds at most one token to the parts' sum (see _edge_slack).
+        estimate = sum(count.chunk(c) for c in chunks) + len(chunks) - 1
         if chunks[0].kind is EventKind.TOOL_RESULT:
             # A tool result is context for the next assistant turn: a user turn in the
             # Messages API; long ones are cut so one result cannot crowd out the history.
@@ -430,10 +454,11 @@ def _group_turns(
                 text = truncate_to_tokens(text, config.max_tool_result_tokens, counter) + _TRUNCATED_MARK
                 truncated = True
             text = TOOL_RESULT_PREFIX + text
+            estimate = count(text)  # rare and often cut: counted as sent
             role: Role = Role.USER
         else:
             role = chunks[0].role or Role.USER
-        cost = count(text) + BLOCK_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS
+        cost = estimate + BLOCK_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS
         turns.append(_Turn(chunks, role, text, truncated, cost))
     return turns
 
@@ -465,26 +490,53 @@ def _fill_retrieved(
     section: SectionResult,
     hits: Sequence[Hit],
     config: WindowConfig,
-    count: Callable[[str], int],
+    count: _MemoCounter,
     placed_events: set[str],
     now: datetime,
 ) -> None:
     header = count(RETRIEVED_HEADER) + BLOCK_OVERHEAD_TOKENS
-    seen_chunks: set[str] = set()
+    seen_events: set[str] = set()
     seen_text: set[str] = set()
     for score, hit in rank_hits(hits, config, now):
         c = hit.chunk
-        key = _norm(c.text)
-        if c.chunk_id in seen_chunks or c.event_id in placed_events or key in seen_text:
+        # Once per event: the best-ranked chunk of an event stands for it.
+        if c.event_id in seen_events or c.event_id in placed_events:
             continue
-        cost = count(_render_hit(c, config)) + BLOCK_OVERHEAD_TOKENS
+        cost = chunk_cost(c, config, count) + BLOCK_OVERHEAD_TOKENS
         extra = cost + (header if not section.items else 0)
         if section.used_tokens + extra > section.budget_tokens:
             continue  # a smaller hit further down may still fit
-        seen_chunks.add(c.chunk_id)
+        key = _norm(c.text)
+        if key in seen_text:
+            continue
+        seen_events.add(c.event_id)
         seen_text.add(key)
         section.items.append(PlacedItem(c, c.text, cost, score=round(score, 6)))
         section.used_tokens += extra
+
+
+def chunk_cost(c: Chunk, config: WindowConfig, count: _MemoCounter) -> int:
+    """Tokens of :func:`_render_hit` without rendering and counting it: the wrapping text's
+    count (cached per template) plus the chunk's ``tokens``. An upper bound of
+    ``count(_render_hit(c))`` for the local counter when ``tokens`` is its count of the text."""
+    before, after = _hit_wrapping(c, config)
+    return count(before) + count(after) + count.chunk(c) + _edge_slack(c.text, True, bool(after))
+
+
+# Stands for any date in a template: the local counter charges every digit alike.
+_ANY_DATE: Final = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _hit_wrapping(c: Chunk, config: WindowConfig) -> tuple[str, str]:
+    """The text :func:`_render_hit` puts before and after ``c.text``, with a placeholder date."""
+    if c.kind is EventKind.MESSAGE and config.compact_turns:
+        return _compact_prefix(_ANY_DATE, c.role), ""
+    before, _, after = retrieved_text("\0", kind=c.kind.value, scope=c.scope, occurred_at=_ANY_DATE).partition("\0")
+    return before, after
+
+
+def _compact_prefix(at: datetime, role: Role | None) -> str:
+    return f"[{at.date().isoformat()} {(role or Role.USER).value}] "
 
 
 def _drop_retrieved_now_in_recent(section: SectionResult, recent: _RecentState) -> None:
@@ -516,7 +568,7 @@ def _render_hit(c: Chunk, config: WindowConfig) -> str:
     if c.kind is EventKind.MESSAGE and config.compact_turns:
         # A past conversation turn: its date and speaker say all the model needs, and the
         # full tag (kind, scope) costs more tokens than a typical turn itself.
-        return f"[{c.occurred_at.date().isoformat()} {(c.role or Role.USER).value}] {c.text}"
+        return _compact_prefix(c.occurred_at, c.role) + c.text
     return retrieved_text(c.text, kind=c.kind.value, scope=c.scope, occurred_at=c.occurred_at)
 
 

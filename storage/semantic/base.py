@@ -13,7 +13,8 @@ ever scored, fused or returned.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -68,6 +69,11 @@ def chunk_payload(item: EmbeddedChunk) -> dict[str, Any]:
     }
 
 
+# Dict lookups: calling the Enum class costs more than building the rest of the chunk.
+_KINDS: Final = {k.value: k for k in EventKind}
+_ROLES: Final = {r.value: r for r in Role}
+
+
 def chunk_from_payload(point_id: object, payload: dict[str, Any]) -> Chunk:
     role = payload.get("role")
     return Chunk(
@@ -76,8 +82,8 @@ def chunk_from_payload(point_id: object, payload: dict[str, Any]) -> Chunk:
         scope=payload["scope"],
         event_id=payload["event_id"],
         source_id=payload["source_id"],
-        kind=EventKind(payload["kind"]),
-        role=Role(role) if role is not None else None,
+        kind=_KINDS.get(payload["kind"]) or EventKind(payload["kind"]),
+        role=(_ROLES.get(role) or Role(role)) if role is not None else None,
         doc_id=payload.get("doc_id"),
         version=payload["version"],
         index=payload["index"],
@@ -151,6 +157,31 @@ class SemanticStore(ABC):
 
         An empty ``query_text`` (or one made only of stopwords) falls back to dense only.
         """
+        return await self._search(self._spec(tenant, scopes, vector, query_text, limit, kinds))
+
+    async def search_batch(
+        self,
+        tenant: str,
+        scopes: Sequence[str],
+        queries: Sequence[tuple[Sequence[float], str, int]],
+        known: Mapping[str, SemanticHit] | None = None,
+    ) -> list[list[SemanticHit]]:
+        """Several :meth:`search` es (``(vector, query_text, limit)`` each) over the same
+        tenant and scopes, one list of hits per query, in order. A backend may run them as one
+        engine call; hits whose chunk id is in ``known`` reuse that chunk instead of decoding
+        the payload again (the request path searches twice: first hop, then second hop)."""
+        specs = [self._spec(tenant, scopes, v, text, limit, None) for v, text, limit in queries]
+        return await self._search_batch(specs, known or {})
+
+    def _spec(
+        self,
+        tenant: str,
+        scopes: Sequence[str],
+        vector: Sequence[float],
+        query_text: str,
+        limit: int,
+        kinds: Sequence[EventKind | str] | None,
+    ) -> SearchSpec:
         _check_tenant(tenant)
         if isinstance(scopes, str) or not scopes or not all(scopes):
             # A bare str is a Sequence too: "abc" would silently become scopes a, b, c.
@@ -158,7 +189,7 @@ class SemanticStore(ABC):
         if limit <= 0:
             raise SemanticQueryError(f"limit must be positive, got {limit}")
         self._check_vector(vector)
-        spec = SearchSpec(
+        return SearchSpec(
             tenant=tenant,
             scopes=list(scopes),
             vector=[float(x) for x in vector],
@@ -167,7 +198,6 @@ class SemanticStore(ABC):
             prefetch_limit=max(limit * 4, 50),
             kinds=[str(k) for k in kinds] if kinds else None,
         )
-        return await self._search(spec)
 
     async def count(self, tenant: str, scope: str | None = None) -> int:
         _check_tenant(tenant)
@@ -208,6 +238,12 @@ class SemanticStore(ABC):
 
     @abstractmethod
     async def _search(self, spec: SearchSpec) -> list[SemanticHit]: ...
+
+    async def _search_batch(
+        self, specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]
+    ) -> list[list[SemanticHit]]:
+        """One :meth:`_search` per spec, concurrently; Edge overrides it with one engine call."""
+        return list(await asyncio.gather(*(self._search(spec) for spec in specs)))
 
     @abstractmethod
     async def _count(self, tenant: str, scope: str | None) -> int: ...

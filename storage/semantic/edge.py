@@ -4,8 +4,10 @@ Edge is single-process: one process owns the shard directory. We take an ``flock
 lock file inside it before loading, so a second process (or a second store in this one)
 fails at once with :class:`SemanticStoreLocked` instead of a cryptic WAL error.
 
-The engine calls release the GIL, so they run in a worker thread (``asyncio.to_thread``)
-and a big upsert or search does not block the event loop.
+The engine calls release the GIL, so they run in worker threads of the store's own small
+pool (not the default executor, which blocking S3/boto3 calls share: a burst of window
+uploads must not queue searches behind it), and a big upsert or search does not block the
+event loop.
 
 Edge has no background optimizer: points stay in plain (brute-force) segments until
 ``optimize()`` is called. Tenant/scope-filtered searches are served from the payload
@@ -18,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
@@ -52,6 +55,8 @@ _CONFIG_FILE: Final = "edge_config.json"  # written by Edge when it creates a sh
 _UPSERT_BATCH: Final = 512
 # The stubs type a fusion query as `Fusion`, but the value is its nested `Fusion.Rrf`.
 _RRF: Final = cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K))
+# Engine threads per store: searches are short and CPU-bound (2-core machines).
+_ENGINE_THREADS: Final = 4
 
 
 def _edge_config(dimension: int) -> qe.EdgeConfig:
@@ -76,6 +81,7 @@ class EdgeSemanticStore(SemanticStore):
         self._shard: qe.EdgeShard | None = shard
         self._lock_fd = lock_fd
         self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=_ENGINE_THREADS, thread_name_prefix="qdrant-edge")
 
     @classmethod
     def open(
@@ -100,7 +106,7 @@ class EdgeSemanticStore(SemanticStore):
         if shard is None:
             raise SemanticStoreClosed(f"the Edge store at {self.path} is closed")
         try:
-            return await asyncio.to_thread(fn, shard)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, shard)
         except SemanticStoreError:
             raise
         except Exception as exc:  # Edge raises bare Exception for everything
@@ -135,39 +141,33 @@ class EdgeSemanticStore(SemanticStore):
         await self._run(lambda s: s.update(qe.UpdateOperation.delete_points_by_filter(flt)))
 
     async def _search(self, spec: SearchSpec) -> list[SemanticHit]:
-        must: list[qe.ConditionType] = [
-            _eq("tenant", spec.tenant),
-            qe.FieldCondition("scope", match=qe.MatchAny(spec.scopes)),
-        ]
-        if spec.kinds:
-            must.append(qe.FieldCondition("kind", match=qe.MatchAny(spec.kinds)))
-        flt = qe.Filter(must=must)
-        dense = qe.Query.Nearest(spec.vector, using=DENSE)
-        request: qe.QueryRequest
-        if len(spec.sparse) == 0:
-            request = qe.QueryRequest(
-                limit=spec.limit, query=dense, filter=flt, with_payload=True
-            )
+        return (await self._search_batch([spec], {}))[0]
+
+    async def _search_batch(
+        self, specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]
+    ) -> list[list[SemanticHit]]:
+        requests = [_query_request(spec) for spec in specs]
+        if len(requests) == 1:
+            results = [await self._run(lambda s: s.query(requests[0]))]
         else:
-            sparse = qe.Query.Nearest(
-                qe.SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE
-            )
-            # IDF over this tenant's points only: other tenants' texts must not shape
-            # this tenant's ranking (and cannot be probed through it).
-            idf = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter(must=[_eq("tenant", spec.tenant)])))
-            request = qe.QueryRequest(
-                limit=spec.limit,
-                # The filter goes on each prefetch: that is where candidates are chosen.
-                prefetches=[
-                    qe.Prefetch(limit=spec.prefetch_limit, query=dense, filter=flt),
-                    qe.Prefetch(limit=spec.prefetch_limit, query=sparse, filter=flt, params=idf),
-                ],
-                query=_RRF,
-                filter=flt,
-                with_payload=True,
-            )
-        points = await self._run(lambda s: s.query(request))
-        return [hit_from_payload(p.id, p.score, p.payload or {}) for p in points]
+            batch = qe.QueryBatchRequest(requests)
+            results = await self._run(lambda s: s.query_batch(batch))
+        # Decode each point once: a chunk in several lists (or already known) is reused;
+        # reading `payload` is what converts it to Python objects.
+        decoded: dict[str, SemanticHit] = dict(known)
+        out: list[list[SemanticHit]] = []
+        for points in results:
+            hits: list[SemanticHit] = []
+            for p in points:
+                cid = str(p.id)
+                seen = decoded.get(cid)
+                if seen is None:
+                    seen = decoded[cid] = hit_from_payload(cid, p.score, p.payload or {})
+                    hits.append(seen)
+                else:
+                    hits.append(SemanticHit(seen.chunk, p.score, seen.model))
+            out.append(hits)
+        return out
 
     async def _count(self, tenant: str, scope: str | None) -> int:
         must: list[qe.ConditionType] = [_eq("tenant", tenant)]
@@ -196,9 +196,38 @@ class EdgeSemanticStore(SemanticStore):
         try:
             await asyncio.to_thread(_flush_and_close, shard)
         finally:
+            self._executor.shutdown(wait=True)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+
+def _query_request(spec: SearchSpec) -> qe.QueryRequest:
+    must: list[qe.ConditionType] = [
+        _eq("tenant", spec.tenant),
+        qe.FieldCondition("scope", match=qe.MatchAny(spec.scopes)),
+    ]
+    if spec.kinds:
+        must.append(qe.FieldCondition("kind", match=qe.MatchAny(spec.kinds)))
+    flt = qe.Filter(must=must)
+    dense = qe.Query.Nearest(spec.vector, using=DENSE)
+    if len(spec.sparse) == 0:
+        return qe.QueryRequest(limit=spec.limit, query=dense, filter=flt, with_payload=True)
+    sparse = qe.Query.Nearest(qe.SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE)
+    # IDF over this tenant's points only: other tenants' texts must not shape
+    # this tenant's ranking (and cannot be probed through it).
+    idf = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter(must=[_eq("tenant", spec.tenant)])))
+    return qe.QueryRequest(
+        limit=spec.limit,
+        # The filter goes on each prefetch: that is where candidates are chosen.
+        prefetches=[
+            qe.Prefetch(limit=spec.prefetch_limit, query=dense, filter=flt),
+            qe.Prefetch(limit=spec.prefetch_limit, query=sparse, filter=flt, params=idf),
+        ],
+        query=_RRF,
+        filter=flt,
+        with_payload=True,
+    )
 
 
 def _flush_and_close(shard: qe.EdgeShard) -> None:

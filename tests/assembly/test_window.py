@@ -204,3 +204,29 @@ def test_recency_breaks_ties_between_equal_scores() -> None:
     hits = [_doc("old", "same topic a", 0.5, age_s=1e7), _doc("new", "same topic b", 0.5, age_s=10)]
     w = build(3000, hits=hits)
     assert [i.chunk.event_id for i in w.sections["retrieved"].items] == ["new", "old"]
+
+
+# -- property: estimated item costs bound what is sent ----------------------------------
+
+_texts = st.text(alphabet=st.sampled_from(list("ab Z9-.\n\t{}é")), max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=_texts, kind=st.sampled_from([EventKind.MESSAGE, EventKind.DOCUMENT, EventKind.FACT]),
+       role=st.sampled_from([Role.USER, Role.ASSISTANT, None]), compact=st.booleans())
+def test_estimated_hit_cost_bounds_the_rendered_count(text: str, kind: EventKind, role: Role | None,
+                                                      compact: bool) -> None:
+    """Packing uses chunk.tokens plus a cached template count instead of counting each
+    rendered candidate: that estimate must never be below the exact count of what is sent,
+    and must equal it for (non-empty) text without leading/trailing whitespace."""
+    from dataclasses import replace
+
+    from assembly.window import _MemoCounter, _render_hit, chunk_cost
+
+    c = chunk("e1", text, kind=kind, role=role if kind is EventKind.MESSAGE else None, age_s=12345.0)
+    config = replace(CONFIG, compact_turns=compact)
+    exact = COUNTER.count(_render_hit(c, config))
+    estimate = chunk_cost(c, config, _MemoCounter(COUNTER))
+    assert estimate >= exact
+    if text and text == text.strip():
+        assert estimate == exact
