@@ -36,6 +36,10 @@ class KafkaSettings(_Group):
     partitions: int = Field(default=4, ge=1)
     # Small commit interval shrinks what a crash replays (see shared/notes).
     commit_interval_s: float = Field(default=1.0, gt=0)
+    # One ingest batch: at most this many records, or what arrived within batch_wait_s.
+    # Larger batches amortise the per-batch writes (S3 object, Redis, Qdrant) over more events.
+    batch_max: int = Field(default=512, gt=0)
+    batch_wait_s: float = Field(default=0.2, gt=0)
 
     @property
     def port(self) -> int:

@@ -25,9 +25,6 @@ from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
-BATCH_MAX = 256
-BATCH_WITHIN_S = 0.2
-
 
 def create_app(settings: KafkaSettings, pipeline: IngestPipeline) -> faust.App:
     app = faust.App(
@@ -50,7 +47,7 @@ def create_app(settings: KafkaSettings, pipeline: IngestPipeline) -> faust.App:
     @app.agent(source, concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
         # noack_take lives on the Stream class, not on the StreamT protocol faust types with.
-        batches = cast(faust.Stream[Any], stream).noack_take(BATCH_MAX, within=BATCH_WITHIN_S)
+        batches = cast(faust.Stream[Any], stream).noack_take(settings.batch_max, within=settings.batch_wait_s)
         async for events in batches:
             records = [_to_record(ev) for ev in events]
             # No try/except here: a sink that fails after its retries is a real outage;
