@@ -28,7 +28,7 @@ from ctxpipe.runtime import open_runtime  # noqa: E402
 from ctxpipe.settings import Settings  # noqa: E402
 from ctxpipe.versions import VersionRegistry  # noqa: E402
 from infra.stack import Stack  # noqa: E402
-from processors.embedding import Embedder, HashEmbedder, SentenceTransformerEmbedder  # noqa: E402
+from processors.embedding import Embedder, HashEmbedder, make_embedder  # noqa: E402
 from streams.publisher import Publisher  # noqa: E402
 from streams.replay import Replayer  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
@@ -95,16 +95,17 @@ async def main() -> None:
             "s3": base.s3.model_copy(update={"bucket": f"bench-{run}"}),
             "qdrant": base.qdrant.model_copy(update={"edge_path": Path(tmp) / "edge"}),
         })
-        model: Embedder = HashEmbedder() if args.model == "hash" else SentenceTransformerEmbedder(settings.embedding)
-        if isinstance(model, SentenceTransformerEmbedder):
-            model.load()
+        # The runtime production uses (CTX_EMBEDDING__RUNTIME), loaded before timing starts.
+        model: Embedder = HashEmbedder() if args.model == "hash" else make_embedder(settings.embedding)
+        model.embed(["warm-up"])
         events = make_events(args.events, run)
         live = await live_rate(settings, model, events)
         warm = await Replayer(settings, "warm", model=model).run()
         await drop_embedding_cache(settings)
         cold = await Replayer(settings, "cold", model=model).run()
 
-    print(f"events: {args.events} short messages (+1 warm-up), model {model.model_name}, {os.cpu_count()} cores")
+    runtime = "hash" if args.model == "hash" else settings.embedding.runtime
+    print(f"events: {args.events} short messages (+1 warm-up), model {model.model_name} ({runtime}), {os.cpu_count()} cores")
     print(f"live ingestion (worker running):   {live:8.1f} events/s")
     print(f"replay, embedding cache warm:      {warm.events_per_s:8.1f} events/s  ({warm.events_per_s / live:.2f} x live)")
     print(f"replay, embedding cache emptied:   {cold.events_per_s:8.1f} events/s  ({cold.events_per_s / live:.2f} x live)")
