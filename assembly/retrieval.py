@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections import Counter
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from assembly.window import Hit
 from ctxpipe.errors import CtxPipeError
@@ -42,6 +43,9 @@ from streams.events import EventKind, Role
 log = logging.getLogger(__name__)
 _ID: Final = re.compile(r"[A-Za-z0-9]+(?:[-_/.][A-Za-z0-9]+)*")
 Embed = Callable[[str], Awaitable[list[float]]]
+# Turns of a scope the caller reads anyway (the service's recent-turns fetch), oldest
+# first, maybe only the newest ones; None when that read failed.
+KnownTurns = Mapping[str, "asyncio.Future[list[Chunk] | None]"]
 
 # Words that ask for the present state of something that may have changed.
 _LATEST_CUES: Final = re.compile(
@@ -65,6 +69,11 @@ class RetrievalConfig:
     second_hop: int = 0
     # Weight of the second hop's list in the fusion (the first hop's lists weigh 1).
     second_hop_weight: float = 0.5
+    # The second hop's dense vector: "mix" averages the query's vector with the stored
+    # vectors of the expansion hits, weighted by length (mean pooling, as the model does
+    # over tokens) instead of embedding the long expanded text, which costs ~3x a query
+    # on the request's critical path; "embed" runs the model on it.
+    second_hop_vector: Literal["embed", "mix"] = "embed"
     # Top-ranked user questions whose assistant reply is added right after them (0: off).
     neighbours: int = 0
     # The hot-tier read for those replies gives up after this (the hits are kept).
@@ -78,6 +87,7 @@ LEGACY_RETRIEVAL: Final = RetrievalConfig()
 # Chosen on the dev seed of bench/assembly_quality.py (never on the reported seed).
 DEFAULT_RETRIEVAL: Final = RetrievalConfig(
     pool=100, dense_pool=100, dense_weight=0.5, exact_ids=True, second_hop=2, neighbours=8,
+    second_hop_vector="mix",
 )
 
 
@@ -153,7 +163,13 @@ class Retriever:
         self.config = config
 
     async def retrieve(
-        self, tenant: str, scopes: Sequence[str], query: str, vector: Sequence[float], embed: Embed
+        self,
+        tenant: str,
+        scopes: Sequence[str],
+        query: str,
+        vector: Sequence[float],
+        embed: Embed,
+        known_turns: KnownTurns | None = None,
     ) -> list[Hit]:
         c = self.config
         queries: list[tuple[Sequence[float], str, int]] = [(vector, query, c.pool)]
@@ -167,7 +183,8 @@ class Retriever:
         scored = fuse(list(zip(weights, first, strict=False)), c.rrf_k)
         if c.second_hop > 0 and scored:
             known = {h.chunk.chunk_id: h for hits in first_hits for h in hits}
-            second = await self._second_hop(tenant, scopes, query, _ranked(scored)[: c.second_hop], embed, known)
+            top = _ranked(scored)[: c.second_hop]
+            second = await self._second_hop(tenant, scopes, query, vector, top, embed, known)
             scored = fuse([(c.second_hop_weight, second)], c.rrf_k, into=scored)
         if asks_for_latest(query):
             scored = boost_latest(scored, c.latest_boost)
@@ -175,7 +192,7 @@ class Retriever:
             scored = boost_ids(scored, query_ids(query))
         ranked = _ranked(scored)
         if c.neighbours > 0:
-            ranked = await self._with_replies(tenant, ranked, c.neighbours)
+            ranked = await self._with_replies(tenant, ranked, c.neighbours, known_turns or {})
         return [Hit(ch, s) for s, ch in ranked if ch.tenant == tenant]
 
     async def _second_hop(
@@ -183,30 +200,65 @@ class Retriever:
         tenant: str,
         scopes: Sequence[str],
         query: str,
+        vector: Sequence[float],
         top: Sequence[tuple[float, Chunk]],
         embed: Embed,
         known: Mapping[str, SemanticHit],
     ) -> list[Chunk]:
         expanded = " ".join([query, *(ch.text for _, ch in top)])
-        vector = await embed(expanded)
+        mixed = await self._mixed_vector(query, vector, top) if self.config.second_hop_vector == "mix" else None
+        hop_vector = mixed if mixed is not None else await embed(expanded)
         # The hits the query was expanded with come back first: ask for that many more.
         # Most of its hits were in the first hop: those are not decoded again.
         (hits,) = await self.semantic.search_batch(
-            tenant, scopes, [(vector, expanded, self.config.pool + len(top))], known=known
+            tenant, scopes, [(hop_vector, expanded, self.config.pool + len(top))], known=known
         )
         return [h.chunk for h in hits]
 
+    async def _mixed_vector(
+        self, query: str, vector: Sequence[float], top: Sequence[tuple[float, Chunk]]
+    ) -> list[float] | None:
+        """The query's vector and the hits' stored vectors, averaged by word count and
+        normalized; None when a vector is missing (the caller embeds the text instead)."""
+        stored = await self.semantic.dense_vectors([ch.chunk_id for _, ch in top])
+        parts: list[tuple[Sequence[float], str]] = [(vector, query)]
+        for _, ch in top:
+            got = stored.get(ch.chunk_id)
+            if not got or len(got) != len(vector):
+                return None
+            parts.append((got, ch.text))
+        mixed = [0.0] * len(vector)
+        for v, text in parts:
+            w = float(max(1, len(text.split())))
+            for i, x in enumerate(v):
+                mixed[i] += w * x
+        norm = math.sqrt(sum(x * x for x in mixed))
+        return [x / norm for x in mixed] if norm > 0 else None
+
+    async def _turns(
+        self, tenant: str, scope: str, wanted: set[str], known: asyncio.Future[list[Chunk] | None] | None
+    ) -> list[Chunk]:
+        """The scope's turns around the ``wanted`` events: the caller's read when it holds
+        them all (a question's reply is newer, so it is there too), else the whole scope."""
+        if known is not None:
+            turns = await asyncio.shield(known)
+            if turns is not None and wanted <= {c.event_id for c in turns}:
+                return turns
+        return await self.hot.recent(tenant, scope)
+
     async def _with_replies(
-        self, tenant: str, ranked: list[tuple[float, Chunk]], top: int
+        self, tenant: str, ranked: list[tuple[float, Chunk]], top: int, known: KnownTurns
     ) -> list[tuple[float, Chunk]]:
         """Put the reply of each of the ``top`` best user questions right after it."""
         heads = [ch for _, ch in ranked[:top] if ch.role is Role.USER and "?" in ch.text]
         scopes = list(dict.fromkeys(ch.scope for ch in heads))
         if not scopes:
             return ranked
+        wanted = {s: {ch.event_id for ch in heads if ch.scope == s} for s in scopes}
         try:
             sessions = await asyncio.wait_for(
-                asyncio.gather(*(self.hot.recent(tenant, s) for s in scopes)), timeout=self.config.neighbour_timeout_s
+                asyncio.gather(*(self._turns(tenant, s, wanted[s], known.get(s)) for s in scopes)),
+                timeout=self.config.neighbour_timeout_s,
             )
         except (TimeoutError, CtxPipeError, OSError) as exc:
             # Replies are an extra: a slow or dead hot tier must not cost the hits themselves.

@@ -58,6 +58,8 @@ T = TypeVar("T")
 
 _POLL_FIRST_S: Final = 0.01
 _POLL_MAX_S: Final = 0.1
+# Windows stored at a time by the recorder (uploads run in the default thread pool).
+_RECORD_BATCH: Final = 8
 WINDOW_FORMAT_VERSION: Final = 1
 # Stream positions are keyed by partition number; datetimes in UTC end in "Z" (as pydantic writes them).
 _JSON_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
@@ -101,6 +103,14 @@ class _HotData:
     source: TierName = "hot"
 
 
+@dataclass(frozen=True, slots=True)
+class _Record:
+    tenant: str
+    scope: str
+    trace_id: str
+    payload: bytes
+
+
 @dataclass(slots=True)
 class _Wait:
     pending: bool = False
@@ -138,8 +148,11 @@ async def _timed(tier: str, timeout_s: float, work: Awaitable[T]) -> _Fetched[T]
 
 
 class WindowRecorder:
-    """Stores every window in the cold tier and logs it to the windows topic, in
-    background tasks so the request never waits; :meth:`drain` awaits them (tests, shutdown)."""
+    """Stores every window in the cold tier and logs it to the windows topic, off the
+    request path: windows queue up and one background task stores them in batches (at most
+    ``_RECORD_BATCH`` uploads at a time), so a burst of requests
+    does not become a burst of boto3 threads competing with the requests for the GIL.
+    Nothing is dropped; :meth:`drain` waits until everything queued is stored (tests, shutdown)."""
 
     def __init__(self, cold: ColdStore, settings: Settings) -> None:
         self._cold = cold
@@ -147,35 +160,54 @@ class WindowRecorder:
         self._bootstrap = settings.kafka.bootstrap_servers
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._queue: asyncio.Queue[_Record] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
 
     def record(self, tenant: str, scope: str, trace_id: str, payload: bytes) -> None:
-        task = asyncio.create_task(self._store(tenant, scope, trace_id, payload))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._queue.put_nowait(_Record(tenant, scope, trace_id, payload))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._run())
 
     async def drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._worker is not None and not self._worker.done():
+            await self._queue.join()
 
     async def aclose(self) -> None:
         await self.drain()
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
 
-    async def _store(self, tenant: str, scope: str, trace_id: str, payload: bytes) -> None:
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < _RECORD_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await asyncio.gather(*(self._store(r) for r in batch), *(self._log(r) for r in batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _store(self, r: _Record) -> None:
         try:
-            await self._cold.put_bytes(window_key(tenant, trace_id), payload, content_type="application/json")
-        except CtxPipeError as exc:
+            await self._cold.put_bytes(window_key(r.tenant, r.trace_id), r.payload, content_type="application/json")
+        except Exception as exc:  # like the Kafka sink: the recording worker must keep going
             metrics.RECORD_ERRORS.labels(sink="cold").inc()
-            log.warning("window %s not stored in the cold tier: %s", trace_id, exc)
+            log.warning("window %s not stored in the cold tier: %s", r.trace_id, exc)
+
+    async def _log(self, r: _Record) -> None:
         try:
             producer = await self._get_producer()
-            await producer.send_and_wait(self._topic, value=payload, key=f"{tenant}/{scope}".encode())
+            # Sends of one batch go out together (the producer lingers a few ms for company).
+            await producer.send_and_wait(self._topic, value=r.payload, key=f"{r.tenant}/{r.scope}".encode())
         except Exception as exc:  # a logging sink must never break the service
             metrics.RECORD_ERRORS.labels(sink="kafka").inc()
-            log.warning("window %s not logged to %s: %r", trace_id, self._topic, exc)
+            log.warning("window %s not logged to %s: %r", r.trace_id, self._topic, exc)
 
     async def _get_producer(self) -> AIOKafkaProducer:
         async with self._producer_lock:
@@ -236,6 +268,8 @@ class AssemblyService:
         """Wait for background work (window records, hot refills)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+        if isinstance(self.summaries, StoredSummaries):
+            await self.summaries.drain()
         await self.recorder.drain()
 
     # -- the request --------------------------------------------------------------------
@@ -262,9 +296,11 @@ class AssemblyService:
             reasons.append(wait.error)
             metrics.DEGRADED.labels(tier="hot").inc()
 
+        # The main scope's recent turns, shared with the retriever's replies step (one read).
+        main_turns: asyncio.Future[list[Chunk] | None] = asyncio.get_running_loop().create_future()
         hot_f, sem_f, sum_f = await asyncio.gather(
-            _timed("hot", self.config.hot_timeout_s, self._fetch_hot(request.tenant, request.scope, scopes)),
-            _timed("semantic", self.config.semantic_timeout_s, self._fetch_semantic(request, scopes)),
+            _timed("hot", self.config.hot_timeout_s, self._fetch_hot(request.tenant, request.scope, scopes, main_turns)),
+            _timed("semantic", self.config.semantic_timeout_s, self._fetch_semantic(request, scopes, main_turns)),
             _timed("summary", self.config.summary_timeout_s, self.summaries.get(request.tenant, request.scope)),
         )
         hot = hot_f.value
@@ -338,9 +374,27 @@ class AssemblyService:
         out.waited_ms = (time.monotonic() - start) * 1000
         return out
 
-    async def _fetch_hot(self, tenant: str, scope: str, scopes: Sequence[str]) -> _HotData:
+    async def _fetch_hot(
+        self, tenant: str, scope: str, scopes: Sequence[str], main_turns: asyncio.Future[list[Chunk] | None]
+    ) -> _HotData:
+        try:
+            return await self._read_hot(tenant, scope, scopes, main_turns)
+        finally:
+            if not main_turns.done():  # failed or timed out: readers fall back to their own read
+                main_turns.set_result(None)
+
+    async def _read_hot(
+        self, tenant: str, scope: str, scopes: Sequence[str], main_turns: asyncio.Future[list[Chunk] | None]
+    ) -> _HotData:
         hot = self.tiers.hot
-        recent_t = hot.recent(tenant, scope, limit=self.config.recent_fetch_limit)
+
+        async def recent_of_main() -> list[Chunk]:
+            turns = await hot.recent(tenant, scope, limit=self.config.recent_fetch_limit)
+            if not main_turns.done():
+                main_turns.set_result(turns)
+            return turns
+
+        recent_t = recent_of_main()
         facts_t = [hot.facts(tenant, s) for s in scopes]
         marks_t = [hot.watermark(tenant, s) for s in scopes]
         results = await asyncio.gather(recent_t, *facts_t, *marks_t)
@@ -387,10 +441,14 @@ class AssemblyService:
         except CtxPipeError as exc:
             log.warning("hot refill after read-through failed: %s", exc)
 
-    async def _fetch_semantic(self, request: ContextRequest, scopes: Sequence[str]) -> list[Hit]:
+    async def _fetch_semantic(
+        self, request: ContextRequest, scopes: Sequence[str], main_turns: asyncio.Future[list[Chunk] | None]
+    ) -> list[Hit]:
         vector = await self._query_vector(request.query)
         # Candidates and their order: assembly.retrieval (the window enforces the budget).
-        hits = await self.retriever.retrieve(request.tenant, scopes, request.query, vector, self._query_vector)
+        hits = await self.retriever.retrieve(
+            request.tenant, scopes, request.query, vector, self._query_vector, {request.scope: main_turns}
+        )
         # Defence in depth: the store filters by tenant; never trust one layer alone.
         return [h for h in hits if h.chunk.tenant == request.tenant]
 

@@ -6,25 +6,31 @@ no longer shows. The text handed to the window starts with one line saying so; i
 only on the stored record, so the window's cached prefix stays byte-stable between folds.
 
 Reads are hot first (Redis); when Redis has nothing (never summarized, or the hot copy
-expired), S3 is asked, and a "nothing there either" answer is remembered briefly so scopes
-without a summary do not cost an S3 request on every window.
+expired), S3 is asked, and a "nothing there either" answer is remembered so scopes without
+a summary do not cost an S3 request on every window. When that memory is older than its
+TTL, the request still answers from it and S3 is asked again in the background (a new
+summary reaches Redis first anyway, which every request reads).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
 from assembly.window import Summary
+from ctxpipe.errors import CtxPipeError
 from processors.summarize import SummaryRecord
 from storage.cold import ColdStore
 from storage.hot import HotStore
 from streams.summaries import SummaryStore
 
+log = logging.getLogger(__name__)
 SUMMARIZED_NOTE: Final = "Earlier parts of this conversation were summarized"
-_NEGATIVE_TTL_S: Final = 30.0
+_NEGATIVE_TTL_S: Final = 300.0
 _NEGATIVE_MAX: Final = 10_000
 
 
@@ -58,6 +64,7 @@ class StoredSummaries:
         self.store = store
         self._clock = clock
         self._absent: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._refreshing: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     @classmethod
     def from_tiers(cls, hot: HotStore, cold: ColdStore) -> StoredSummaries:
@@ -80,11 +87,30 @@ class StoredSummaries:
             metadata={"doc_id": record.doc_id, "doc_version": record.doc_version, "method": record.method},
         )
 
+    async def drain(self) -> None:
+        """Wait for background re-checks (tests, shutdown)."""
+        while self._refreshing:
+            await asyncio.gather(*list(self._refreshing.values()), return_exceptions=True)
+
     async def _cold(self, tenant: str, scope: str) -> SummaryRecord | None:
         key = (tenant, scope)
         until = self._absent.get(key)
-        if until is not None and until > self._clock():
-            return None
+        if until is None:
+            return await self._lookup(key)
+        if until <= self._clock() and key not in self._refreshing:
+            task = asyncio.create_task(self._refresh(key))
+            self._refreshing[key] = task
+            task.add_done_callback(lambda _: self._refreshing.pop(key, None))
+        return None
+
+    async def _refresh(self, key: tuple[str, str]) -> None:
+        try:
+            await self._lookup(key)
+        except (CtxPipeError, OSError) as exc:
+            log.warning("summary re-check of %s/%s in the cold tier failed: %s", *key, exc)
+
+    async def _lookup(self, key: tuple[str, str]) -> SummaryRecord | None:
+        tenant, scope = key
         record = await self.store.latest_cold(tenant, scope)
         if record is None:
             self._absent[key] = self._clock() + _NEGATIVE_TTL_S

@@ -8,7 +8,8 @@ What is real and what is synthetic:
 * the service is the real one: uvicorn serving ``assembly.api.create_api`` over
   ``open_runtime(worker=False)`` in its own process on 127.0.0.1 (a free port), with
   Redis (hot), Qdrant Edge (semantic, in the server process), S3 (window records) and
-  Kafka (window log) of the local stack, every window recorded as in production;
+  Kafka (window log) of the local stack, every window recorded as in production; on
+  uvloop as `ctxpipe serve` runs (config ``onnx-asyncio``: asyncio's own loop, to compare);
 * query embeddings use the real all-MiniLM-L6-v2, through the configured runtime;
 * the corpus is synthetic: conversation turns and knowledge-base passages generated
   from templates (``--chunks`` in all, default 100k, over 4 tenants x 250 conversation
@@ -76,7 +77,11 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "torch-nobatch": {"embedding": {"runtime": "torch", "query_max_batch": 1}},
     # What recording every window (S3 put + Kafka send, in the background) costs.
     "onnx-norecord": {"embedding": {"runtime": "onnx"}, "assembly": {"record_windows": False}},
+    # The server on asyncio's own event loop instead of uvloop (what `ctxpipe serve` uses).
+    "onnx-asyncio": {"embedding": {"runtime": "onnx"}},
 }
+# Event loop of the server per config (uvicorn's names); uvloop unless named here.
+LOOPS: dict[str, str] = {"onnx-asyncio": "asyncio"}
 
 TOPICS = [
     "the Kafka consumer lag alert", "the March invoice", "the onboarding checklist", "the Redis memory limit",
@@ -254,12 +259,12 @@ def write_bodies(path: Path, n: int) -> None:
 class Server:
     """The service in its own process (``python bench/assembly_latency.py --serve``)."""
 
-    def __init__(self, settings: Settings, port: int, log: Path) -> None:
+    def __init__(self, settings: Settings, port: int, log: Path, loop: str = "uvloop") -> None:
         env = {**os.environ, **to_env(settings), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
         self.url = f"http://127.0.0.1:{port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", "--port", str(port)],
+            [sys.executable, __file__, "--serve", "--port", str(port), "--loop", loop],
             env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -298,7 +303,8 @@ def loadgen(url: str, bodies: Path, mode: str, offset: int, **kw: float) -> dict
 
 def run_config(name: str, settings: Settings, bodies: Path, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     groups = {g: getattr(settings, g).model_copy(update=u) for g, u in CONFIGS[name].items()}
-    server = Server(settings.model_copy(update=groups), free_port(), workdir / f"server-{name}.log")
+    server = Server(settings.model_copy(update=groups), free_port(), workdir / f"server-{name}.log",
+                    LOOPS.get(name, "uvloop"))
     rows: list[dict[str, Any]] = []
     offset = 0
 
@@ -378,7 +384,7 @@ async def cleanup(settings: Settings) -> None:
         s3.close()
 
 
-def serve(port: int) -> None:
+def serve(port: int, loop: str) -> None:
     import uvicorn
 
     from assembly.api import create_api
@@ -386,7 +392,7 @@ def serve(port: int) -> None:
 
     settings = Settings()
     api = create_api(lambda: open_runtime(settings, worker=False))
-    uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop=loop)
 
 
 def main() -> None:
@@ -400,9 +406,10 @@ def main() -> None:
     ap.add_argument("--step-duration", type=float, default=10.0)
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--loop", default="uvloop", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.port)
+        serve(args.port, args.loop)
         return
     configs = args.configs.split(",")
     unknown = set(configs) - set(CONFIGS)

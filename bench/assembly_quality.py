@@ -53,7 +53,6 @@ from ctxpipe.settings import Settings  # noqa: E402
 from infra.stack import Stack  # noqa: E402
 from processors.tokens import LocalTokenCounter  # noqa: E402
 from processors.types import Chunk  # noqa: E402
-from streams.app import BATCH_MAX  # noqa: E402
 from streams.records import RawRecord  # noqa: E402
 
 Strategy = Callable[[Question, int], Awaitable[set[str]]]
@@ -84,10 +83,11 @@ async def ingest(rt: Runtime, ds: Dataset) -> float:
     t0 = time.perf_counter()
     base = int(time.time() * 1000)
     offset = (await rt.hot.applied_offsets(topic=topic)).get(0, -1) + 1
-    for i in range(0, len(events), BATCH_MAX):
+    batch_max = rt.settings.kafka.batch_max  # batch as the live worker does
+    for i in range(0, len(events), batch_max):
         batch = [
             RawRecord(topic, 0, offset + j, base, f"{e['tenant']}/{e['scope']}".encode(), orjson.dumps(e))
-            for j, e in enumerate(events[i : i + BATCH_MAX])
+            for j, e in enumerate(events[i : i + batch_max])
         ]
         offset += len(batch)
         result = await rt.pipeline.process(batch)

@@ -6,7 +6,9 @@ import asyncio
 import logging
 import signal
 import socket
+from collections.abc import Coroutine
 from contextlib import nullcontext
+from typing import Any
 
 import uvicorn
 
@@ -57,7 +59,18 @@ async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
 
 
 def serve_forever(settings: Settings, *, demo: bool = False) -> None:
-    asyncio.run(_serve(settings, demo))
+    run_event_loop(_serve(settings, demo))
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (a cheaper event loop: every request's
+    socket and Redis/Kafka callbacks go through it), else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 async def run_worker(settings: Settings) -> None:

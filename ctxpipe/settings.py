@@ -149,7 +149,6 @@ class AssemblySettings(_Group):
     # One tool result in the recent turns is cut to this many tokens (with a note).
     max_tool_result_tokens: int = Field(default=512, ge=16)
     recent_fetch_limit: int = Field(default=200, gt=0)
-    retrieve_limit: int = Field(default=40, gt=0)
     # Retrieval ranking: blended = (1 - w) * normalized hybrid score + w * recency decay.
     recency_weight: float = Field(default=0.15, ge=0, le=1)
     recency_half_life_s: float = Field(default=7 * 24 * 3600.0, gt=0)

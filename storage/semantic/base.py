@@ -204,6 +204,10 @@ class SemanticStore(ABC):
         return await self._count(tenant, scope)
 
     @abstractmethod
+    async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        """The stored dense vectors of these chunks by chunk id (missing ids left out)."""
+
+    @abstractmethod
     async def get(self, chunk_ids: Sequence[str]) -> list[Chunk]:
         """The chunks with these ids that exist, in no particular order (tests, debugging)."""
 

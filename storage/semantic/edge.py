@@ -181,6 +181,11 @@ class EdgeSemanticStore(SemanticStore):
         records = await self._run(lambda s: s.retrieve(ids, with_payload=True, with_vector=False))
         return [chunk_from_payload(r.id, r.payload or {}) for r in records]
 
+    async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        ids: list[qe.PointId] = list(chunk_ids)
+        records = await self._run(lambda s: s.retrieve(ids, with_payload=False, with_vector=[DENSE]))
+        return {str(r.id): list(cast(dict[str, list[float]], r.vector or {}).get(DENSE, [])) for r in records}
+
     async def optimize(self) -> bool:
         """Merge segments and build HNSW. Slow on big shards (100k x 384-d: ~5 min on 2 busy
         cores), so run it off the hot path; plain segments already serve filtered search."""

@@ -8,7 +8,7 @@ the same API (it ignores keyword payload indexes and HNSW, and warns about the f
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 import httpx
 from qdrant_client import AsyncQdrantClient, models
@@ -202,6 +202,18 @@ class ServerSemanticStore(SemanticStore):
             self._live().retrieve(self.collection, ids, with_payload=True, with_vectors=False)
         )
         return [chunk_from_payload(r.id, r.payload or {}) for r in records]
+
+    async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        ids: list[models.ExtendedPointId] = list(chunk_ids)
+        records = await self._call(
+            self._live().retrieve(self.collection, ids, with_payload=False, with_vectors=[DENSE])
+        )
+        out: dict[str, list[float]] = {}
+        for r in records:
+            vector = r.vector.get(DENSE) if isinstance(r.vector, dict) else None
+            if isinstance(vector, list) and all(isinstance(x, float) for x in vector):
+                out[str(r.id)] = cast(list[float], vector)
+        return out
 
     async def flush(self) -> None:
         """Nothing to do: every write uses ``wait=True`` and the server owns durability."""

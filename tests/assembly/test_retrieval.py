@@ -3,9 +3,11 @@ the real stack (Redis hot tier, Qdrant Edge, S3) fed through the production inge
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import orjson
 import pytest
@@ -156,7 +158,8 @@ async def test_reply_of_a_retrieved_question_follows_it(runtime: Runtime) -> Non
     assert paired[0].score >= paired[1].score
 
 
-async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runtime) -> None:
+@pytest.mark.parametrize("hop_vector", ["embed", "mix"])
+async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runtime, hop_vector: Literal["embed", "mix"]) -> None:
     run = uuid.uuid4().hex[:6]
     filler = [f"I opened INC-{13330 + i} for a ticket about the dashboard being slow." for i in range(8)]
     await _ingest(runtime, [
@@ -176,7 +179,9 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runti
 
     query = "Which city is my sister moving to?"
     one_hop = await _retrieve(runtime, RetrievalConfig(pool=3), query, scopes)
-    two_hop = await _retrieve(runtime, RetrievalConfig(pool=3, second_hop=3), query, scopes)
+    two_hop = await _retrieve(
+        runtime, RetrievalConfig(pool=3, second_hop=3, second_hop_vector=hop_vector), query, scopes
+    )
     lease = f"{run}-acme-24"
     assert f"{run}-acme-21" in {h.chunk.event_id for h in one_hop}
     assert lease not in {h.chunk.event_id for h in one_hop}
@@ -201,3 +206,28 @@ async def test_a_dead_hot_tier_costs_the_replies_not_the_hits(runtime: Runtime) 
     hits = await retriever.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
                                     lambda t: _embed_with(runtime, t))
     assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0"]
+
+
+async def test_replies_reuse_the_turns_the_caller_already_read(runtime: Runtime) -> None:
+    run = uuid.uuid4().hex[:6]
+    await _ingest(runtime, [
+        _event(run, 0, "What's the wifi password for the Pune office?"),
+        _event(run, 1, "It's otter-4471, all lowercase.", role="assistant"),
+    ])
+    query = "wifi password Pune office?"
+    turns = await runtime.hot.recent("acme", "chat:s1")
+    known: asyncio.Future[list[Chunk] | None] = asyncio.get_running_loop().create_future()
+    known.set_result(turns)
+    # The hot tier is dead: the reply can only come from the turns handed in.
+    retriever = Retriever(runtime.semantic, _DeadHot(), RetrievalConfig(pool=1, neighbours=4))  # type: ignore[arg-type]
+    hits = await retriever.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
+                                    lambda t: _embed_with(runtime, t), {"chat:s1": known})
+    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]
+
+    # Turns that do not hold the question (only the newest were read): the scope is read again.
+    partial: asyncio.Future[list[Chunk] | None] = asyncio.get_running_loop().create_future()
+    partial.set_result(turns[1:])
+    retriever = Retriever(runtime.semantic, runtime.hot, RetrievalConfig(pool=1, neighbours=4))
+    hits = await retriever.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
+                                    lambda t: _embed_with(runtime, t), {"chat:s1": partial})
+    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]

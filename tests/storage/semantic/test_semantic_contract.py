@@ -163,3 +163,15 @@ async def test_search_refuses_bad_arguments(
 async def test_upsert_refuses_wrong_dimension(store: SemanticStore) -> None:
     with pytest.raises(SemanticQueryError, match="dimensions"):
         await store.upsert([make_chunk("x", [0.1, 0.2])])
+
+
+async def test_dense_vectors_returns_the_stored_vectors(store: SemanticStore) -> None:
+    rng = random.Random(7)
+    items = [make_chunk(f"text {i}", rand_vector(rng), source_id=f"ev-v{i}") for i in range(3)]
+    await store.upsert(items)
+    missing = "00000000-0000-0000-0000-000000000000"
+    got = await store.dense_vectors([items[0].chunk.chunk_id, items[2].chunk.chunk_id, missing])
+    assert set(got) == {items[0].chunk.chunk_id, items[2].chunk.chunk_id}
+    for item in (items[0], items[2]):
+        norm = sum(x * x for x in item.vector) ** 0.5  # cosine collections store unit vectors
+        assert got[item.chunk.chunk_id] == pytest.approx([x / norm for x in item.vector], abs=1e-5)
