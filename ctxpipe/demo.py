@@ -52,6 +52,7 @@ async def run_demo(settings: Settings, *, scope: str = "session:demo", timeout_s
         counters = [
             line for line in (await client.get("/metrics")).text.splitlines()
             if line.startswith(("ctxpipe_events_", "ctxpipe_embedding_cache_hits_total"))
+            and "_created" not in line  # prometheus_client's creation timestamps: noise here
         ]
     print("what the tiers hold for demo/" + scope + ":")
     print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode())
