@@ -55,23 +55,15 @@ from processors.tokens import LocalTokenCounter  # noqa: E402
 from processors.types import Chunk  # noqa: E402
 from streams.records import RawRecord  # noqa: E402
 
+from benchkit import isolated_settings  # noqa: E402
+
 Strategy = Callable[[Question, int], Awaitable[set[str]]]
 
 
 def _settings(data_dir: Path, run: str) -> Settings:
-    base = Settings()
-    return base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={
-            "source_topic": f"qbench.events.{run}", "dlq_topic": f"qbench.dlq.{run}",
-            "summary_topic": f"qbench.summaries.{run}", "windows_topic": f"qbench.windows.{run}",
-            "consumer_group": f"qbench-{run}",
-        }),
-        "redis": base.redis.model_copy(update={"key_prefix": f"qbench-{run}"}),
-        "s3": base.s3.model_copy(update={"bucket": f"qbench-{run}"}),
-        "qdrant": base.qdrant.model_copy(update={"edge_path": data_dir / "edge"}),
-        # Windows are not recorded: the benchmark reads them from the response.
-        "assembly": base.assembly.model_copy(update={"record_windows": False}),
-    })
+    isolated = isolated_settings(Settings(), run, data_dir / "edge", prefix="qbench")
+    # Windows are not recorded: the benchmark reads them from the response.
+    return isolated.model_copy(update={"assembly": isolated.assembly.model_copy(update={"record_windows": False})})
 
 
 async def ingest(rt: Runtime, ds: Dataset) -> float:

@@ -26,12 +26,11 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ctxpipe.runtime import open_runtime  # noqa: E402
 from ctxpipe.settings import Settings  # noqa: E402
 from infra.stack import Stack  # noqa: E402
 from processors.embedding import Embedder, SentenceTransformerEmbedder, make_embedder  # noqa: E402
-from streams.publisher import Publisher  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+
+from benchkit import isolated_settings, live_ingest_rate  # noqa: E402
 
 
 def make_events(n: int, run: str, tag: str) -> list[dict[str, Any]]:
@@ -45,30 +44,6 @@ def make_events(n: int, run: str, tag: str) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
-
-
-async def _wait_applied(rt: Any, topic: str, positions: list[Any]) -> None:
-    want: dict[int, int] = {}
-    for p in positions:
-        want[p.partition] = max(want.get(p.partition, -1), p.offset)
-    while True:
-        got = await rt.hot.applied_offsets(topic=topic)
-        if all(got.get(k, -1) >= v for k, v in want.items()):
-            return
-        await asyncio.sleep(0.01)
-
-
-async def pipeline_rate(settings: Settings, events: list[dict[str, Any]]) -> float:
-    """Events/s from the start of publishing to the last event applied in every tier,
-    with a worker that is already running (start-up and model load not counted)."""
-    await ensure_topics(settings.kafka)
-    warm = {**events[0], "event_id": events[0]["event_id"] + "-warmup", "content": "warm-up " + uuid.uuid4().hex}
-    async with open_runtime(settings, worker=True) as rt, Publisher(settings.kafka) as pub:
-        await _wait_applied(rt, settings.kafka.source_topic, await pub.publish([warm]))
-        t0 = time.perf_counter()
-        positions = await pub.publish(events)
-        await _wait_applied(rt, settings.kafka.source_topic, positions)
-        return len(events) / (time.perf_counter() - t0)
 
 
 def raw_rate(model: Embedder, texts: list[str], batch: int) -> float:
@@ -89,16 +64,7 @@ async def main() -> None:
     Stack(base).up()
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
-        settings = base.model_copy(update={
-            "kafka": base.kafka.model_copy(update={
-                "source_topic": f"bench.events.{run}", "dlq_topic": f"bench.dlq.{run}",
-                "summary_topic": f"bench.summaries.{run}", "windows_topic": f"bench.windows.{run}",
-                "consumer_group": f"bench-{run}",
-            }),
-            "redis": base.redis.model_copy(update={"key_prefix": f"bench-{run}"}),
-            "s3": base.s3.model_copy(update={"bucket": f"bench-{run}"}),
-            "qdrant": base.qdrant.model_copy(update={"edge_path": Path(tmp) / "edge"}),
-        })
+        settings = isolated_settings(base, run, Path(tmp) / "edge")
         events = make_events(args.events, run, "a")
         texts = [e["content"] for e in events]
 
@@ -106,9 +72,9 @@ async def main() -> None:
         raw = raw_rate(make_embedder(settings.embedding), texts, settings.kafka.batch_max)
         torch_raw = raw_rate(SentenceTransformerEmbedder(settings.embedding), texts, settings.kafka.batch_max)
 
-        piped = await pipeline_rate(settings, events)
+        piped = await live_ingest_rate(settings, events)
         # Same contents, new ids: the ledger lets them through, the cache answers every text.
-        cached = await pipeline_rate(settings.model_copy(update={"kafka": settings.kafka.model_copy(
+        cached = await live_ingest_rate(settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"consumer_group": f"bench-{run}-2", "source_topic": f"bench.events2.{run}"})}),
             make_events(args.events, run, "b"))
 

@@ -17,21 +17,19 @@ import argparse
 import asyncio
 import os
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ctxpipe.runtime import open_runtime  # noqa: E402
 from ctxpipe.settings import Settings  # noqa: E402
 from ctxpipe.versions import VersionRegistry  # noqa: E402
 from infra.stack import Stack  # noqa: E402
 from processors.embedding import Embedder, HashEmbedder, make_embedder  # noqa: E402
-from streams.publisher import Publisher  # noqa: E402
 from streams.replay import Replayer  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+
+from benchkit import isolated_settings, live_ingest_rate  # noqa: E402
 
 
 def make_events(n: int, run: str) -> list[dict[str, Any]]:
@@ -45,27 +43,6 @@ def make_events(n: int, run: str) -> list[dict[str, Any]]:
         }
         for i in range(n)
     ]
-
-
-async def live_rate(settings: Settings, model: Embedder, events: list[dict[str, Any]]) -> float:
-    """Events/s with a worker already running (start-up and model load not counted)."""
-    await ensure_topics(settings.kafka)
-    topic = settings.kafka.source_topic
-    async with open_runtime(settings, worker=True, model=model) as rt, Publisher(settings.kafka) as pub:
-        warm = {**events[0], "event_id": "warm-up", "content": "warm-up " + uuid.uuid4().hex}
-        [pos] = await pub.publish([warm])
-        while (await rt.hot.applied_offsets(topic=topic)).get(pos.partition, -1) < pos.offset:
-            await asyncio.sleep(0.01)
-        t0 = time.perf_counter()
-        positions = await pub.publish(events)
-        want: dict[int, int] = {}
-        for p in positions:
-            want[p.partition] = max(want.get(p.partition, -1), p.offset)
-        while True:
-            got = await rt.hot.applied_offsets(topic=topic)
-            if all(got.get(k, -1) >= v for k, v in want.items()):
-                return len(events) / (time.perf_counter() - t0)
-            await asyncio.sleep(0.01)
 
 
 async def drop_embedding_cache(settings: Settings) -> None:
@@ -85,21 +62,12 @@ async def main() -> None:
     Stack(base).up()
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
-        settings = base.model_copy(update={
-            "kafka": base.kafka.model_copy(update={
-                "source_topic": f"bench.events.{run}", "dlq_topic": f"bench.dlq.{run}",
-                "summary_topic": f"bench.summaries.{run}", "windows_topic": f"bench.windows.{run}",
-                "consumer_group": f"bench-{run}",
-            }),
-            "redis": base.redis.model_copy(update={"key_prefix": f"bench-{run}"}),
-            "s3": base.s3.model_copy(update={"bucket": f"bench-{run}"}),
-            "qdrant": base.qdrant.model_copy(update={"edge_path": Path(tmp) / "edge"}),
-        })
+        settings = isolated_settings(base, run, Path(tmp) / "edge")
         # The runtime production uses (CTX_EMBEDDING__RUNTIME), loaded before timing starts.
         model: Embedder = HashEmbedder() if args.model == "hash" else make_embedder(settings.embedding)
         model.embed(["warm-up"])
         events = make_events(args.events, run)
-        live = await live_rate(settings, model, events)
+        live = await live_ingest_rate(settings, events, model=model)
         warm = await Replayer(settings, "warm", model=model).run()
         await drop_embedding_cache(settings)
         cold = await Replayer(settings, "cold", model=model).run()

@@ -55,6 +55,8 @@ from infra.stack import Stack  # noqa: E402
 from processors.embedding import HashEmbedder  # noqa: E402
 from streams.publisher import Publisher  # noqa: E402
 
+from benchkit import isolated_settings  # noqa: E402
+
 TENANT = "bench"
 _FAKE_SERVER = """
 import sys
@@ -109,33 +111,15 @@ def make_events(run: str, n: int, scopes: int) -> list[dict[str, Any]]:
 def phase_settings(base: Settings, run: str, mode: str, fake_url: str, edge: Path) -> Settings:
     tag = f"{run}-{mode}"
     url = fake_url if mode == "healthy" else f"http://127.0.0.1:{closed_port()}"
-    return base.model_copy(update={
-        "kafka": base.kafka.model_copy(update={
-            "source_topic": f"bench.events.{tag}", "dlq_topic": f"bench.dlq.{tag}",
-            "summary_topic": f"bench.summaries.{tag}", "windows_topic": f"bench.windows.{tag}",
-            "consumer_group": f"bench-{tag}",
-        }),
-        "redis": base.redis.model_copy(update={"key_prefix": f"bench-{tag}"}),
-        "s3": base.s3.model_copy(update={"bucket": f"bench-{tag}"}),
-        "qdrant": base.qdrant.model_copy(update={"edge_path": edge}),
-        "summarizer": base.summarizer.model_copy(update={
+    isolated = isolated_settings(base, tag, edge)
+    return isolated.model_copy(update={
+        "summarizer": isolated.summarizer.model_copy(update={
             "base_url": url, "api_key": SecretStr("sk-ant-bench-not-a-real-key"),
             "trigger_tokens": 300, "recent_turns": 20, "timeout_s": 5.0,
         }),
         # Recording windows is the same work in both modes; off, so it adds no noise.
-        "assembly": base.assembly.model_copy(update={"record_windows": False}),
+        "assembly": isolated.assembly.model_copy(update={"record_windows": False}),
     })
-
-
-async def _wait_applied(rt: Any, topic: str, positions: list[Any]) -> None:
-    want: dict[int, int] = {}
-    for p in positions:
-        want[p.partition] = max(want.get(p.partition, -1), p.offset)
-    while True:
-        got = await rt.hot.applied_offsets(topic=topic)
-        if all(got.get(k, -1) >= v for k, v in want.items()):
-            return
-        await asyncio.sleep(0.01)
 
 
 async def run_phase(settings: Settings, mode: str, events: list[dict[str, Any]], scopes: int, requests: int) -> Phase:
@@ -146,7 +130,8 @@ async def run_phase(settings: Settings, mode: str, events: list[dict[str, Any]],
             Publisher(ks) as pub:
         assert rt.summaries is not None
         warm = {**events[0], "event_id": events[0]["event_id"] + "-warm", "scope": "warm"}
-        await _wait_applied(rt, ks.source_topic, await pub.publish([warm]))
+        [wpos] = await pub.publish([warm])
+        await rt.hot.wait_applied(ks.source_topic, [(wpos.partition, wpos.offset)], timeout_s=600, poll_s=0.01)
         await service.assemble(ContextRequest(tenant=TENANT, scope="warm", query=queries[0], budget_tokens=1500))
 
         latencies: list[float] = []
@@ -162,7 +147,9 @@ async def run_phase(settings: Settings, mode: str, events: list[dict[str, Any]],
         asker = asyncio.create_task(ask())
         t0 = time.perf_counter()
         positions = await pub.publish(events)
-        await _wait_applied(rt, ks.source_topic, positions)
+        await rt.hot.wait_applied(
+            ks.source_topic, [(p.partition, p.offset) for p in positions], timeout_s=600, poll_s=0.01
+        )
         rate = len(events) / (time.perf_counter() - t0)
         await asker
         t1 = time.perf_counter()

@@ -24,6 +24,7 @@ trimming the cap never leaves orphan data.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from array import array
@@ -417,6 +418,23 @@ class HotStore(_RedisOwner):
         async with translate_redis_errors("applied_offsets"):
             raw = await self.client.hgetall(self._applied_key(topic))
         return {int(k): int(v) for k, v in raw.items()}
+
+    async def wait_applied(
+        self, topic: str, positions: Iterable[tuple[int, int]], *, timeout_s: float, poll_s: float = 0.02
+    ) -> None:
+        """Until every (partition, offset) is recorded as applied on ``topic``; raises
+        TimeoutError after ``timeout_s`` (publishers waiting for their own writes)."""
+        want: dict[int, int] = {}
+        for partition, offset in positions:
+            want[partition] = max(want.get(partition, -1), offset)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = await self.applied_offsets(topic=topic)
+            if all(got.get(p, -1) >= o for p, o in want.items()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"applied {got} on {topic}, waiting for {want}")
+            await asyncio.sleep(poll_s)
 
     async def _read_zset(self, zset: str, data: str, limit: int, operation: str) -> list[Chunk]:
         async with translate_redis_errors(operation):

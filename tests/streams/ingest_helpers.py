@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -88,17 +87,7 @@ def expected_chunks(events: Sequence[dict[str, Any]], positions: Sequence[EventP
 
 async def wait_applied(hot: HotStore, topic: str, positions: Sequence[EventPosition], timeout_s: float = 120) -> None:
     """Until the worker recorded every position as applied."""
-    want: dict[int, int] = {}
-    for p in positions:
-        want[p.partition] = max(want.get(p.partition, -1), p.offset)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = await hot.applied_offsets(topic=topic)
-        if all(got.get(part, -1) >= off for part, off in want.items()):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"worker applied {got}, expected at least {want}")
-        await asyncio.sleep(0.2)
+    await hot.wait_applied(topic, [(p.partition, p.offset) for p in positions], timeout_s=timeout_s)
 
 
 async def read_topic(ks: KafkaSettings, topic: str, expect: int, timeout_s: float = 30) -> list[Any]:

@@ -1,0 +1,43 @@
+"""What every benchmark shares: settings isolated to one run, so runs never see each
+other's topics, keys, buckets or shards (the same isolation the test fixtures give)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ctxpipe.runtime import open_runtime
+from ctxpipe.settings import Settings
+from processors.embedding import Embedder
+from streams.publisher import Publisher
+from streams.topics import ensure_topics
+
+
+def isolated_settings(base: Settings, tag: str, edge_path: Path, *, prefix: str = "bench") -> Settings:
+    return base.model_copy(update={
+        "kafka": base.kafka.model_copy(update={
+            "source_topic": f"{prefix}.events.{tag}", "dlq_topic": f"{prefix}.dlq.{tag}",
+            "summary_topic": f"{prefix}.summaries.{tag}", "windows_topic": f"{prefix}.windows.{tag}",
+            "consumer_group": f"{prefix}-{tag}",
+        }),
+        "redis": base.redis.model_copy(update={"key_prefix": f"{prefix}-{tag}"}),
+        "s3": base.s3.model_copy(update={"bucket": f"{prefix}-{tag}"}),
+        "qdrant": base.qdrant.model_copy(update={"edge_path": edge_path}),
+    })
+
+
+async def live_ingest_rate(settings: Settings, events: list[dict[str, Any]], model: Embedder | None = None) -> float:
+    """Events/s from the start of publishing to the last event applied in every tier, with
+    a worker already running (start-up and model load not counted)."""
+    await ensure_topics(settings.kafka)
+    topic = settings.kafka.source_topic
+    warm = {**events[0], "event_id": events[0]["event_id"] + "-warmup", "content": "warm-up " + uuid.uuid4().hex}
+    async with open_runtime(settings, worker=True, model=model) as rt, Publisher(settings.kafka) as pub:
+        [pos] = await pub.publish([warm])
+        await rt.hot.wait_applied(topic, [(pos.partition, pos.offset)], timeout_s=600, poll_s=0.01)
+        t0 = time.perf_counter()
+        positions = await pub.publish(events)
+        await rt.hot.wait_applied(topic, [(p.partition, p.offset) for p in positions], timeout_s=600, poll_s=0.01)
+        return len(events) / (time.perf_counter() - t0)
