@@ -210,7 +210,7 @@ async def build_corpus(settings: Settings, args: argparse.Namespace) -> dict[str
             await store.upsert(batch)
         await store.flush()
     finally:
-        await store.close()
+        await store.aclose()
         await hot.aclose()
     return {"chunks": total, "distinct_texts": len(texts), "embed_s": embed_s,
             "load_s": time.perf_counter() - t0, "kb_per_tenant": kb_n, "turns_per_scope": conv_n}

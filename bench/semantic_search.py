@@ -88,7 +88,7 @@ async def main() -> None:
             print(f"optimize() took {time.perf_counter() - t0:.1f}s")
             await _measure(store, rng, args, "after optimize")
     finally:
-        await store.close()
+        await store.aclose()
         if args.path is None:
             shutil.rmtree(path, ignore_errors=True)
 

@@ -143,7 +143,7 @@ async def open_runtime(
         cold = ColdStore(settings.s3)
         await cold.ensure_bucket()
         semantic = await open_semantic_store(vsettings.qdrant, settings.embedding.dimension)
-        stack.push_async_callback(semantic.close)
+        stack.push_async_callback(semantic.aclose)
         embedder = CachedEmbedder(model or make_embedder(settings.embedding), cache)
 
         producer = AIOKafkaProducer(

@@ -249,7 +249,7 @@ async def version_stores(settings: Settings, name: str) -> AsyncIterator[tuple[H
         hot = HotStore(vs.redis)
         stack.push_async_callback(hot.aclose)
         semantic = await open_semantic_store(vs.qdrant, vs.embedding.dimension)
-        stack.push_async_callback(semantic.close)
+        stack.push_async_callback(semantic.aclose)
         yield hot, semantic
 
 

@@ -43,7 +43,7 @@ __all__ = [
 
 
 async def open_semantic_store(settings: QdrantSettings, dimension: int) -> SemanticStore:
-    """Open (creating if needed) the store; close it with ``await store.close()``."""
+    """Open (creating if needed) the store; close it with ``await store.aclose()`` (or use it as an async context manager)."""
     if settings.mode == "edge":
         # Loading segments is disk work: keep it off the event loop.
         return await asyncio.to_thread(EdgeSemanticStore.open, settings.edge_path, dimension)

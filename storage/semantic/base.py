@@ -12,15 +12,15 @@ ever scored, fused or returned.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import Any, Final
 
 from processors.types import Chunk, EmbeddedChunk
+from storage.base import AsyncCloseable
 from storage.semantic.exceptions import SemanticQueryError
 from storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder, SparseEmbedding
 from streams.events import EventKind, Role
@@ -115,7 +115,7 @@ class SearchSpec:
     kinds: list[str] | None
 
 
-class SemanticStore(ABC):
+class SemanticStore(AsyncCloseable):
     """Dense + BM25 chunk index. Subclasses implement the ``_``-prefixed engine calls."""
 
     def __init__(self, dimension: int, encoder: Bm25Encoder = DEFAULT_ENCODER) -> None:
@@ -216,19 +216,8 @@ class SemanticStore(ABC):
         """Make everything written so far durable."""
 
     @abstractmethod
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Flush and release the engine (Edge: the shard lock). Idempotent."""
-
-    async def __aenter__(self) -> SemanticStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- backend hooks ------------------------------------------------------------------
 

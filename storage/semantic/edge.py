@@ -194,7 +194,7 @@ class EdgeSemanticStore(SemanticStore):
     async def flush(self) -> None:
         await self._run(lambda s: s.flush())
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         shard, self._shard = self._shard, None
         if shard is None:
             return

@@ -219,7 +219,7 @@ class ServerSemanticStore(SemanticStore):
         """Nothing to do: every write uses ``wait=True`` and the server owns durability."""
         self._live()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()

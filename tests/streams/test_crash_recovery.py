@@ -120,7 +120,7 @@ async def test_sigkill_mid_batch_then_restart_stores_every_event_once(
         assert await semantic.count(TENANT) == len(want)
         assert len(await semantic.get([c.chunk_id for c in want])) == len(want)
     finally:
-        await semantic.close()
+        await semantic.aclose()
 
     cold = ColdStore(settings.s3)
     archived: Counter[str] = Counter()

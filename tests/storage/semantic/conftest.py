@@ -20,4 +20,4 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     else:
         s = await open_memory_server()
     yield s
-    await s.close()
+    await s.aclose()

@@ -26,8 +26,8 @@ async def test_reopen_reloads_data_and_indexes(tmp_path: Path) -> None:
     items = [make_chunk(f"note {i} about zebras", rand_vector(rng), index=i) for i in range(20)]
     store = EdgeSemanticStore.open(tmp_path, DIM)
     await store.upsert(items)
-    await store.close()
-    await store.close()  # idempotent
+    await store.aclose()
+    await store.aclose()  # idempotent
 
     reopened = EdgeSemanticStore.open(tmp_path, DIM)
     try:
@@ -37,7 +37,7 @@ async def test_reopen_reloads_data_and_indexes(tmp_path: Path) -> None:
         got = await reopened.get([i.chunk.chunk_id for i in items])
         assert sorted(c.index for c in got) == list(range(20))
     finally:
-        await reopened.close()
+        await reopened.aclose()
 
 
 async def test_optimize_keeps_results(tmp_path: Path) -> None:
@@ -46,12 +46,17 @@ async def test_optimize_keeps_results(tmp_path: Path) -> None:
     store = EdgeSemanticStore.open(tmp_path, DIM)
     try:
         await store.upsert(items)
-        before = await store.search("acme", ["session:1"], items[7].vector, "text", limit=5)
+        # Dense-only (empty text) for the ranked list: a text every item contains would
+        # tie all BM25 scores, and tie order may change when segments are rebuilt.
+        before = await store.search("acme", ["session:1"], items[7].vector, "", limit=5)
+        hybrid_before = await store.search("acme", ["session:1"], items[7].vector, "7", limit=5)
         await store.optimize()
-        after = await store.search("acme", ["session:1"], items[7].vector, "text", limit=5)
+        after = await store.search("acme", ["session:1"], items[7].vector, "", limit=5)
+        hybrid_after = await store.search("acme", ["session:1"], items[7].vector, "7", limit=5)
         assert [h.chunk.chunk_id for h in after] == [h.chunk.chunk_id for h in before]
+        assert hybrid_after[0].chunk.chunk_id == hybrid_before[0].chunk.chunk_id == items[7].chunk.chunk_id
     finally:
-        await store.close()
+        await store.aclose()
 
 
 async def test_second_open_in_same_process_is_refused(tmp_path: Path) -> None:
@@ -60,7 +65,7 @@ async def test_second_open_in_same_process_is_refused(tmp_path: Path) -> None:
         with pytest.raises(SemanticStoreLocked, match="CTX_QDRANT__MODE=server"):
             EdgeSemanticStore.open(tmp_path, DIM)
     finally:
-        await store.close()
+        await store.aclose()
     EdgeSemanticStore.open(tmp_path, DIM)  # released by close()
 
 
@@ -81,21 +86,21 @@ async def test_second_process_is_refused(tmp_path: Path) -> None:
             timeout=60, check=True,
         ).stdout
     finally:
-        await store.close()
+        await store.aclose()
     assert out.startswith("LOCKED") and "CTX_QDRANT__MODE=server" in out
 
 
 async def test_reopen_with_other_dimension_is_a_schema_error(tmp_path: Path) -> None:
-    await EdgeSemanticStore.open(tmp_path, DIM).close()
+    await EdgeSemanticStore.open(tmp_path, DIM).aclose()
     with pytest.raises(SemanticSchemaError):
         EdgeSemanticStore.open(tmp_path, DIM * 2)
     # The failed open released the lock.
-    await EdgeSemanticStore.open(tmp_path, DIM).close()
+    await EdgeSemanticStore.open(tmp_path, DIM).aclose()
 
 
 async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
     store = EdgeSemanticStore.open(tmp_path, DIM)
-    await store.close()
+    await store.aclose()
     with pytest.raises(SemanticStoreClosed):
         await store.count("acme")
 
@@ -107,4 +112,4 @@ async def test_factory_opens_edge_by_default(tmp_path: Path) -> None:
         assert isinstance(store, EdgeSemanticStore)
         assert store.path == tmp_path / "edge"
     finally:
-        await store.close()
+        await store.aclose()

@@ -28,7 +28,7 @@ async def test_creates_named_dense_and_idf_sparse_vectors() -> None:
     assert vectors[DENSE].distance == models.Distance.COSINE
     sparse = info.config.params.sparse_vectors
     assert sparse is not None and sparse[SPARSE].modifier == models.Modifier.IDF
-    await store.close()
+    await store.aclose()
 
 
 async def test_reopening_an_existing_collection_keeps_points() -> None:
@@ -62,6 +62,6 @@ async def test_unreachable_server_is_retriable() -> None:
 
 async def test_use_after_close_is_a_clear_error() -> None:
     store = await open_memory_server()
-    await store.close()
+    await store.aclose()
     with pytest.raises(SemanticStoreClosed):
         await store.count("acme")
