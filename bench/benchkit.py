@@ -41,3 +41,18 @@ async def live_ingest_rate(settings: Settings, events: list[dict[str, Any]], mod
         positions = await pub.publish(events)
         await rt.hot.wait_applied(topic, [(p.partition, p.offset) for p in positions], timeout_s=600, poll_s=0.01)
         return len(events) / (time.perf_counter() - t0)
+
+
+def make_messages(n: int, id_prefix: str, *, salt: str = "") -> list[dict[str, Any]]:
+    """Short chat messages (one chunk each) over 50 scopes. The same ``salt`` gives the same
+    texts (embedding-cache hits); a new salt gives texts no earlier run embedded."""
+    topics = ["billing", "shipping", "refunds", "login", "api limits", "invoices", "sso", "exports"]
+    return [
+        {
+            "event_id": f"{id_prefix}-{i}", "tenant": "bench", "scope": f"session:{i % 50}",
+            "kind": "message", "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"Message {i}{salt}: question about {topics[i % len(topics)]} for account "
+                       f"AC-{i * 7919 % 100000:05d}, order {i * 31:06d}, what should happen next?",
+        }
+        for i in range(n)
+    ]

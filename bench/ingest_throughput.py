@@ -22,7 +22,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -30,20 +29,7 @@ from ctxpipe.settings import Settings  # noqa: E402
 from infra.stack import Stack  # noqa: E402
 from processors.embedding import Embedder, SentenceTransformerEmbedder, make_embedder  # noqa: E402
 
-from benchkit import isolated_settings, live_ingest_rate  # noqa: E402
-
-
-def make_events(n: int, run: str, tag: str) -> list[dict[str, Any]]:
-    topics = ["billing", "shipping", "refunds", "login", "api limits", "invoices", "sso", "exports"]
-    return [
-        {
-            "event_id": f"{run}-{tag}-{i}", "tenant": "bench", "scope": f"session:{i % 50}",
-            "kind": "message", "role": "user" if i % 2 == 0 else "assistant",
-            "content": f"Message {i}: question about {topics[i % len(topics)]} for account AC-{i * 7919 % 100000:05d}, "
-                       f"order {i * 31:06d}, what should happen next?",
-        }
-        for i in range(n)
-    ]
+from benchkit import isolated_settings, live_ingest_rate, make_messages  # noqa: E402
 
 
 def raw_rate(model: Embedder, texts: list[str], batch: int) -> float:
@@ -65,7 +51,7 @@ async def main() -> None:
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
         settings = isolated_settings(base, run, Path(tmp) / "edge")
-        events = make_events(args.events, run, "a")
+        events = make_messages(args.events, f"{run}-a")
         texts = [e["content"] for e in events]
 
         # The model the pipeline runs (the configured runtime), and torch for reference.
@@ -76,7 +62,7 @@ async def main() -> None:
         # Same contents, new ids: the ledger lets them through, the cache answers every text.
         cached = await live_ingest_rate(settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"consumer_group": f"bench-{run}-2", "source_topic": f"bench.events2.{run}"})}),
-            make_events(args.events, run, "b"))
+            make_messages(args.events, f"{run}-b"))
 
     print(f"events: {args.events} short messages, batch {settings.kafka.batch_max}, {os.cpu_count()} cores")
     print(f"raw embedding, runtime '{settings.embedding.runtime}' (model alone): {raw:8.1f} texts/s")

@@ -23,7 +23,6 @@ import asyncio
 import json
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse

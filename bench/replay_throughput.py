@@ -19,7 +19,6 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,20 +28,7 @@ from infra.stack import Stack  # noqa: E402
 from processors.embedding import Embedder, HashEmbedder, make_embedder  # noqa: E402
 from streams.replay import Replayer  # noqa: E402
 
-from benchkit import isolated_settings, live_ingest_rate  # noqa: E402
-
-
-def make_events(n: int, run: str) -> list[dict[str, Any]]:
-    topics = ["billing", "shipping", "refunds", "login", "api limits", "invoices", "sso", "exports"]
-    return [
-        {
-            "event_id": f"{run}-{i}", "tenant": "bench", "scope": f"session:{i % 50}",
-            "kind": "message", "role": "user" if i % 2 == 0 else "assistant",
-            "content": f"Message {i} ({run}): question about {topics[i % len(topics)]} "
-                       f"for account AC-{i * 7919 % 100000:05d}, ticket T-{i:06d}.",
-        }
-        for i in range(n)
-    ]
+from benchkit import isolated_settings, live_ingest_rate, make_messages  # noqa: E402
 
 
 async def drop_embedding_cache(settings: Settings) -> None:
@@ -66,7 +52,7 @@ async def main() -> None:
         # The runtime production uses (CTX_EMBEDDING__RUNTIME), loaded before timing starts.
         model: Embedder = HashEmbedder() if args.model == "hash" else make_embedder(settings.embedding)
         model.embed(["warm-up"])
-        events = make_events(args.events, run)
+        events = make_messages(args.events, run, salt=f" ({run})")
         live = await live_ingest_rate(settings, events, model=model)
         warm = await Replayer(settings, "warm", model=model).run()
         await drop_embedding_cache(settings)

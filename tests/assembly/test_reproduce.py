@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,14 +24,8 @@ KEYS = {"acme": "key-acme", "globex": "key-globex"}
 
 
 async def _wait_applied(rt: Runtime, positions: list[EventPosition], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = await rt.hot.applied_offsets(topic=rt.settings.kafka.source_topic)
-        if all(got.get(p.partition, -1) >= p.offset for p in positions):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"applied {got}, want {positions}")
-        await asyncio.sleep(0.2)
+    topic = rt.settings.kafka.source_topic
+    await rt.hot.wait_applied(topic, [(p.partition, p.offset) for p in positions], timeout_s=timeout_s)
 
 
 def _events(run: str, scope: str, start: int, n: int) -> list[dict[str, object]]:
