@@ -170,6 +170,18 @@ _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 
 
+def _next_fence(line: str, fence: str | None) -> str | None:
+    """The open code fence after ``line``: a fence line opens one, or closes the open one
+    when it uses the same character at least as many times (CommonMark)."""
+    match = _FENCE.match(line)
+    if not match:
+        return fence
+    mark = match.group(1)
+    if fence is None:
+        return mark
+    return None if mark[0] == fence[0] and len(mark) >= len(fence) else fence
+
+
 def _chunk_document(content: str, title: str | None, counter: TokenCounter, cfg: ChunkingSettings) -> list[str]:
     texts: list[str] = []
     for path, body in _sections(content, title):
@@ -200,13 +212,8 @@ def _sections(content: str, title: str | None) -> list[tuple[list[str], str]]:
         lines.clear()
 
     for line in content.splitlines(keepends=True):
-        fence_match = _FENCE.match(line)
-        if fence_match:
-            mark = fence_match.group(1)
-            if fence is None:
-                fence = mark
-            elif mark[0] == fence[0] and len(mark) >= len(fence):
-                fence = None
+        if _FENCE.match(line):
+            fence = _next_fence(line, fence)
             lines.append(line)
             continue
         heading = None if fence is not None else _HEADING.match(line.rstrip("\r\n"))
@@ -274,13 +281,7 @@ def _paragraphs(text: str) -> list[str]:
             current = []
             pending_blank = False
         current.append(line)
-        fence_match = _FENCE.match(line)
-        if fence_match:
-            mark = fence_match.group(1)
-            if fence is None:
-                fence = mark
-            elif mark[0] == fence[0] and len(mark) >= len(fence):
-                fence = None
+        fence = _next_fence(line, fence)
         if blank and fence is None:
             pending_blank = True
     if current:
