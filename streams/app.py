@@ -21,7 +21,6 @@ from faust.contrib.asgi import faust_app_running
 from ctxpipe.settings import KafkaSettings
 from streams.ingest import IngestPipeline
 from streams.records import RawRecord
-from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,8 @@ def _to_record(event: Any) -> RawRecord:
 
 @asynccontextmanager
 async def running_app(settings: KafkaSettings, pipeline: IngestPipeline) -> AsyncIterator[faust.App]:
-    """Create the topics, then run the faust app on the current loop."""
-    await ensure_topics(settings)
+    """Run the faust app on the current loop. The source topic must exist (an agent on a
+    missing topic subscribes to nothing): ``open_runtime`` creates the topics first."""
     app = create_app(settings, pipeline)
     async with faust_app_running(app, stop_timeout=30):
         yield app
