@@ -138,6 +138,9 @@ def diff_windows(old: dict[str, Any], new: dict[str, Any], end: dict[int, int]) 
     return changes
 
 
+_REBUILD_TIER_TIMEOUT_S = 30.0
+
+
 async def rebuild(
     settings: Settings, tenant: str, trace_id: str, *, model: Embedder | None = None
 ) -> RebuildResult:
@@ -153,7 +156,11 @@ async def rebuild(
         inner = model or make_embedder(settings.embedding)
         await Replayer(settings, scratch, chunking=chunking, model=inner, tenant=tenant, scratch=True).run(to_offsets=end)
         recorded_assembly = AssemblySettings.model_validate(doc["versions"]["assembly_settings"])
-        asm_settings = settings.model_copy(update={"assembly": recorded_assembly.model_copy(update={"record_windows": False})})
+        # Tier timeouts are request-path deadlines, not window semantics: a rebuild is offline
+        # work, and a tier cut off by a busy machine would pass for a change of the window.
+        offline = {"record_windows": False, **{f"{tier}_timeout_s": _REBUILD_TIER_TIMEOUT_S
+                                                for tier in ("hot", "semantic", "cold", "summary")}}
+        asm_settings = settings.model_copy(update={"assembly": recorded_assembly.model_copy(update=offline)})
         now = _recorded_now(doc)
         cache = EmbeddingCacheRedis(settings.redis, inner.model_name)
         try:
@@ -167,6 +174,8 @@ async def rebuild(
     changes = diff_windows(doc["response"], rebuilt, end)
     causes: list[str] = []
     if changes:
+        if rebuilt["degraded"]:
+            causes.append(f"the rebuilt window is degraded: {'; '.join(rebuilt['degraded_reasons'])}")
         recorded_model = doc["versions"].get("embedding_model")
         if recorded_model != inner.model_name:
             causes.append(f"query/chunk embedding model differs: recorded {recorded_model}, rebuilt with {inner.model_name}")
