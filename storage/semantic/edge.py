@@ -147,13 +147,22 @@ class EdgeSemanticStore(SemanticStore):
         self, specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]
     ) -> list[list[SemanticHit]]:
         requests = [_query_request(spec) for spec in specs]
-        if len(requests) == 1:
-            results = [await self._run(lambda s: s.query(requests[0]))]
-        else:
-            batch = qe.QueryBatchRequest(requests)
-            results = await self._run(lambda s: s.query_batch(batch))
-        # Decode each point once: a chunk in several lists (or already known) is reused;
-        # reading `payload` is what converts it to Python objects.
+
+        def search(shard: qe.EdgeShard) -> tuple[list[list[qe.ScoredPoint]], dict[str, dict[str, Any]]]:
+            if len(requests) == 1:
+                results = [shard.query(requests[0])]
+            else:
+                results = shard.query_batch(qe.QueryBatchRequest(requests))
+            # Payloads in one retrieve of the hits not known yet: on the 100k-chunk latency
+            # corpus, payloads returned by a hybrid query of 100 cost ~3.9 ms, a retrieve of
+            # the same 100 points ~0.55 ms.
+            wanted = list({str(p.id) for points in results for p in points} - known.keys())
+            ids: list[qe.PointId] = list(wanted)
+            records = shard.retrieve(ids, with_payload=True, with_vector=False) if ids else []
+            return results, {str(r.id): r.payload or {} for r in records}
+
+        results, payloads = await self._run(search)
+        # Decode each point once: a chunk in several lists (or already known) is reused.
         decoded: dict[str, SemanticHit] = dict(known)
         out: list[list[SemanticHit]] = []
         for points in results:
@@ -162,7 +171,10 @@ class EdgeSemanticStore(SemanticStore):
                 cid = str(p.id)
                 seen = decoded.get(cid)
                 if seen is None:
-                    seen = decoded[cid] = hit_from_payload(cid, p.score, p.payload or {})
+                    payload = payloads.get(cid)
+                    if payload is None:
+                        continue  # deleted between the search and the retrieve
+                    seen = decoded[cid] = hit_from_payload(cid, p.score, payload)
                     hits.append(seen)
                 else:
                     hits.append(SemanticHit(seen.chunk, p.score, seen.model))
@@ -217,7 +229,7 @@ def _query_request(spec: SearchSpec) -> qe.QueryRequest:
     flt = qe.Filter(must=must)
     dense = qe.Query.Nearest(spec.vector, using=DENSE)
     if len(spec.sparse) == 0:
-        return qe.QueryRequest(limit=spec.limit, query=dense, filter=flt, with_payload=True)
+        return qe.QueryRequest(limit=spec.limit, query=dense, filter=flt, with_payload=False)
     sparse = qe.Query.Nearest(qe.SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE)
     # IDF over this tenant's points only: other tenants' texts must not shape
     # this tenant's ranking (and cannot be probed through it).
@@ -231,7 +243,7 @@ def _query_request(spec: SearchSpec) -> qe.QueryRequest:
         ],
         query=_RRF,
         filter=flt,
-        with_payload=True,
+        with_payload=False,
     )
 
 
