@@ -45,7 +45,7 @@ from assembly.exceptions import BudgetTooSmallError
 from assembly.query_embedder import QueryEmbedder
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import AssemblySettings, Settings
-from processors.embedding import CachedEmbedder
+from processors.embedding import CachedEmbedder, Embedder, make_query_embedder
 from processors.tokens import AnthropicTokenCounter, LocalTokenCounter, TokenCounter
 from processors.types import Chunk
 from storage.cold import ColdStore, window_key
@@ -238,21 +238,44 @@ class AssemblyService:
         emb = tiers.settings.embedding
         # The model itself (not the Redis-cached wrapper): queries are mostly distinct, so
         # a Redis round trip per query would cost more than it saves; repeats hit the LRU.
-        self._queries = QueryEmbedder(
-            tiers.embedder.inner, max_batch=emb.query_max_batch,
-            max_wait_s=emb.query_max_wait_ms / 1000, cache_size=emb.query_cache_size,
-        )
+        self.query_model = make_query_embedder(emb, tiers.embedder.inner)
+        self._queries = self._query_embedder(self.query_model)
         self.retriever = Retriever(tiers.semantic, tiers.hot, DEFAULT_RETRIEVAL)
         # Fixed for the service's life: dumped once, not per recorded window.
         self._versions: dict[str, Any] = {
             "embedding_model": tiers.embedder.model_name,
+            "query_embedding_model": self.query_model.model_name,
             "counter": type(self.counter).__name__,
             "assembly_settings": self.config.model_dump(mode="json"),
         }
         self._background: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> Self:
+        await self.warm_up()
         return self
+
+    def _query_embedder(self, model: Embedder) -> QueryEmbedder:
+        emb = self.settings.embedding
+        return QueryEmbedder(
+            model, max_batch=emb.query_max_batch,
+            max_wait_s=emb.query_max_wait_ms / 1000, cache_size=emb.query_cache_size,
+        )
+
+    async def warm_up(self) -> None:
+        """Load the query model now (the int8 copy is made on first use), so the first
+        request does not pay; when it cannot be loaded, queries use the documents' model."""
+        try:
+            await asyncio.to_thread(self.query_model.embed, ["warm up"])
+        except CtxPipeError as exc:
+            fallback = self.tiers.embedder.inner
+            if fallback is self.query_model:
+                log.warning("query model warm-up failed (requests will report it): %s", exc)
+                return
+            log.warning("query model %s unavailable, using %s: %s", self.query_model.model_name, fallback.model_name, exc)
+            await self._queries.aclose()
+            self.query_model = fallback
+            self._queries = self._query_embedder(fallback)
+            self._versions["query_embedding_model"] = fallback.model_name
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

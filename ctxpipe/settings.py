@@ -99,6 +99,11 @@ class EmbeddingSettings(_Group):
     query_max_batch: int = Field(default=32, gt=0)
     query_max_wait_ms: float = Field(default=0.0, ge=0)
     query_cache_size: int = Field(default=4096, ge=0)
+    # With the ONNX runtime, queries go through an int8 copy of the model (~3x less CPU,
+    # cosine ~0.99 to the full vectors; bench/assembly_quality.py compares retrieval
+    # quality); chunks are always embedded in full precision. "fp32": the same model.
+    query_precision: Literal["fp32", "int8"] = "int8"
+    query_threads: int = Field(default=1, gt=0)
 
 
 class StackSettings(_Group):

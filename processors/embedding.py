@@ -25,7 +25,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import EmbeddingSettings
@@ -47,6 +47,7 @@ __all__ = [
     "SentenceTransformerEmbedder",
     "default_torch_threads",
     "make_embedder",
+    "make_query_embedder",
     "resolve_model_path",
 ]
 
@@ -262,6 +263,25 @@ def _onnx_fingerprint(model_path: Path, max_seq: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _quantize_onnx(source: Path, target: Path) -> None:
+    """An int8 copy of the exported graph: dynamic quantization (weights int8, one scale
+    per output channel; activations quantized at run time). Per-channel scales keep the
+    vectors close to full precision (cosine ~0.99; per-tensor scales gave ~0.97), at about
+    a third of the CPU time. Temporary name + rename, as for the export."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ModelLoadError(f"quantizing {source} needs onnxruntime's quantization tools: {exc}") from exc
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        quantize_dynamic(str(source), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+        os.replace(tmp, target)
+    except Exception as exc:
+        raise ModelLoadError(f"quantizing {source} to int8 failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _export_onnx(model_path: Path, target: Path, threads: int) -> None:
     """Trace the transformer + mean pooling + L2 norm into one ONNX graph (offline: local
     weights only). Written to a temporary name and renamed, so a concurrent process never
@@ -327,18 +347,33 @@ class OnnxEmbedder:
     graph does the mean pooling and normalization, so vectors match
     :class:`SentenceTransformerEmbedder` (cosine >= 0.9999). ``embed`` may be called from
     several threads at once (``InferenceSession.run`` is thread-safe).
+
+    ``precision="int8"`` runs an int8 copy of that graph (made once from it, see
+    :func:`_quantize_onnx`): ~3x less CPU per text, vectors at cosine ~0.99 of the full
+    ones. Meant for queries only (the API's query path): stored chunks keep full-precision
+    vectors, and its ``model_name`` differs so no cache mixes the two.
     """
 
-    def __init__(self, settings: EmbeddingSettings | None = None, *, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: EmbeddingSettings | None = None,
+        *,
+        threads: int | None = None,
+        precision: Literal["fp32", "int8"] = "fp32",
+    ) -> None:
         self.settings = settings if settings is not None else EmbeddingSettings()
-        self.model_name: str = self.settings.model_name
+        self.precision = precision
+        suffix = "" if precision == "fp32" else f"@{precision}"
+        self.model_name: str = f"{self.settings.model_name}{suffix}"
         self.dimension: int = self.settings.dimension
         self._path = resolve_model_path(self.settings.model_name)
         self._max_seq = _max_seq_length(self._path)
         _check_mean_pooling(self._path)
         self._threads = threads if threads is not None else default_torch_threads()
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_name)
+        # The full-precision export; the int8 copy sits next to it.
         self.onnx_path: Path = self.settings.onnx_dir / f"{safe}-{_onnx_fingerprint(self._path, self._max_seq)}.onnx"
+        self.run_path: Path = self.onnx_path if precision == "fp32" else self.onnx_path.with_suffix(f".{precision}.onnx")
         self._loaded: tuple[onnxruntime.InferenceSession, Tokenizer] | None = None
 
     def load(self) -> None:
@@ -351,14 +386,17 @@ class OnnxEmbedder:
         return self._loaded
 
     def _open(self) -> tuple[onnxruntime.InferenceSession, Tokenizer]:
-        key = (str(self.onnx_path), self._threads)
+        key = (str(self.run_path), self._threads)
         with _ONNX_LOCK:
             cached = _SESSIONS.get(key)
             if cached is not None:
                 return cached
             if not self.onnx_path.is_file():
-                log.info("exporting %s to %s (once)", self.model_name, self.onnx_path)
+                log.info("exporting %s to %s (once)", self.settings.model_name, self.onnx_path)
                 _export_onnx(self._path, self.onnx_path, self._threads)
+            if not self.run_path.is_file():
+                log.info("quantizing %s to %s (once)", self.onnx_path, self.run_path)
+                _quantize_onnx(self.onnx_path, self.run_path)
             try:
                 import onnxruntime as ort
                 from tokenizers import Tokenizer
@@ -369,10 +407,10 @@ class OnnxEmbedder:
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 # No spin-waiting for cores other processes hold (same reason as torch threads).
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
+                session = ort.InferenceSession(str(self.run_path), options, providers=["CPUExecutionProvider"])
                 tokenizer = Tokenizer.from_file(str(self._path / "tokenizer.json"))
             except Exception as exc:  # any loader failure means the same thing to callers
-                raise ModelLoadError(f"cannot load {self.onnx_path}: {exc}") from exc
+                raise ModelLoadError(f"cannot load {self.run_path}: {exc}") from exc
             tokenizer.enable_truncation(max_length=self._max_seq)
             # Pad id/token do not matter: padded positions are masked out of the pooling.
             tokenizer.enable_padding()
@@ -422,6 +460,16 @@ def make_embedder(settings: EmbeddingSettings, *, threads: int | None = None) ->
             missing = ["onnx (to export the model once)"]
         log.warning("embedding runtime 'onnx' unavailable (missing %s): using torch", ", ".join(missing))
     return SentenceTransformerEmbedder(settings, torch_threads=threads)
+
+
+def make_query_embedder(settings: EmbeddingSettings, documents: Embedder) -> Embedder:
+    """The model for API queries, given the one that embeds documents: with the ONNX
+    runtime and ``query_precision="int8"``, the int8 copy on ``query_threads`` threads (a
+    query is small: one thread does it about as fast as two, and leaves the other core to
+    the event loop and the search engine); otherwise ``documents`` itself."""
+    if settings.query_precision == "int8" and isinstance(documents, OnnxEmbedder):
+        return OnnxEmbedder(settings, threads=settings.query_threads, precision="int8")
+    return documents
 
 
 # --- test double ----------------------------------------------------------------------

@@ -286,3 +286,34 @@ async def test_dead_redis_gives_a_degraded_answer_not_an_error(
     assert sections["recent"].tier == "none" and not sections["recent"].items
     assert "doc-1" in {i.event_id for i in sections["retrieved"].items}
     assert resp.used_tokens <= 1000
+
+
+async def test_a_query_model_that_cannot_load_falls_back_to_the_documents_model(
+    test_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import assembly.service as service_module
+    from processors.exceptions import ModelLoadError
+
+    class Unloadable:
+        model_name = "unloadable@int8"
+        dimension = 384
+
+        def embed(self, texts: object) -> list[list[float]]:
+            raise ModelLoadError("cannot load the int8 copy")
+
+    monkeypatch.setattr(service_module, "make_query_embedder", lambda settings, documents: Unloadable())
+    embedder = HashEmbedder()
+    async with open_runtime(test_settings, worker=False, model=embedder) as rt, AssemblyService(rt) as service:
+        assert service.query_model is rt.embedder.inner
+        doc = Chunk(chunk_id=str(uuid.uuid4()), tenant="acme", scope="kb", event_id="doc-1", source_id="doc-1",
+                    kind=EventKind.DOCUMENT, role=None, text="kettle warranty lasts two years", tokens=8,
+                    occurred_at=datetime.now(UTC), metadata={}, partition=0, offset=1)
+        await rt.semantic.upsert([EmbeddedChunk(chunk=doc, vector=embedder.embed([doc.text])[0],
+                                                model=embedder.model_name)])
+        from assembly.models import ContextRequest
+
+        request = ContextRequest(tenant="acme", scope="chat", scopes=["kb"], query="kettle warranty", budget_tokens=800)
+        body = orjson.loads(await service.assemble_json(request))
+        await service.drain()
+    assert not body["degraded"]
+    assert "doc-1" in {i["event_id"] for s in body["sections"] for i in s["items"]}

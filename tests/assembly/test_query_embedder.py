@@ -17,6 +17,7 @@ from processors.embedding import (
     OnnxEmbedder,
     SentenceTransformerEmbedder,
     make_embedder,
+    make_query_embedder,
 )
 from processors.exceptions import EmbeddingError
 
@@ -158,3 +159,41 @@ def test_onnx_runtime_gives_the_same_vectors_as_sentence_transformers() -> None:
     assert float((batched * reference).sum(axis=1).min()) >= 0.999
     assert float((single * reference).sum(axis=1).min()) >= 0.999
     assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-4)
+
+
+def test_int8_query_model_stays_close_to_the_full_vectors_and_ranks_alike() -> None:
+    pytest.importorskip("onnxruntime.quantization")
+    full = OnnxEmbedder(EmbeddingSettings())
+    int8 = make_query_embedder(EmbeddingSettings(query_precision="int8"), full)
+    assert isinstance(int8, OnnxEmbedder) and int8.precision == "int8"
+    assert int8.model_name == f"{full.model_name}@int8"  # no cache can mix the two
+    assert int8.run_path != full.run_path
+    queries = [
+        "what did we decide about the Q3 marketing budget?",
+        "who fixed the mobile app crash on login and when?",
+        "is the SSO migration still blocked for the EU region?",
+        "remind me what Farah said about the vendor contract renewal",
+        "INC-4471 status",
+    ]
+    docs = [
+        "We approved the Q3 marketing budget with a 10% margin.",
+        "Kenji fixed the mobile app crash on login after the standup on Tuesday.",
+        "The SSO migration is blocked until legal replies, EU region first.",
+        "Farah thinks the vendor contract renewal should wait for the cost report.",
+        "INC-4471: the Kafka consumer lag alert fired again overnight.",
+        "The holiday schedule is posted on the wiki.",
+    ]
+    q_full = np.array(full.embed(queries))
+    q_int8 = np.array(int8.embed(queries))
+    assert float((q_full * q_int8).sum(axis=1).min()) >= 0.98
+    d = np.array(full.embed(docs))
+    # The same best document for every query, against full-precision chunk vectors.
+    assert list((q_int8 @ d.T).argmax(axis=1)) == list((q_full @ d.T).argmax(axis=1)) == [0, 1, 2, 3, 4]
+
+
+def test_query_model_is_the_documents_model_unless_onnx_int8() -> None:
+    hashed = HashEmbedder()
+    assert make_query_embedder(EmbeddingSettings(query_precision="int8"), hashed) is hashed
+    pytest.importorskip("onnxruntime")
+    full = OnnxEmbedder(EmbeddingSettings())
+    assert make_query_embedder(EmbeddingSettings(query_precision="fp32"), full) is full
