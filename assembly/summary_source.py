@@ -5,9 +5,10 @@ summary stage never folds that window in), so it is exactly the history the rece
 no longer shows. The text handed to the window starts with one line saying so; it depends
 only on the stored record, so the window's cached prefix stays byte-stable between folds.
 
-Reads are hot first (Redis); when Redis has nothing (never summarized, or the hot copy
-expired), S3 is asked, and a "nothing there either" answer is remembered so scopes without
-a summary do not cost an S3 request on every window. When that memory is older than its
+Reads are hot first (Redis). The hot copy expires together with the scope's other hot
+keys, so a live scope without one has no summary and S3 is not asked; when the scope
+itself is gone from Redis (expired, or never written), S3 is asked, and a "nothing there
+either" answer is remembered so such scopes do not cost an S3 request on every window. When that memory is older than its
 TTL, the request still answers from it and S3 is asked again in the background (a new
 summary reaches Redis first anyway, which every request reads).
 """
@@ -71,9 +72,10 @@ class StoredSummaries:
         return cls(SummaryStore(hot, cold))
 
     async def get(self, tenant: str, scope: str) -> Summary | None:
-        """The latest running summary of the scope, framed for the window."""
-        record = await self.store.latest_hot(tenant, scope)
-        if record is None:
+        """The latest running summary of the scope, framed for the window. S3 is asked
+        only when the scope is not live in the hot tier (its summary expires with it)."""
+        record, live = await self.store.latest_hot_if_live(tenant, scope)
+        if record is None and not live:
             record = await self._cold(tenant, scope)
         return None if record is None or not record.text.strip() else as_window_summary(record)
 

@@ -8,6 +8,7 @@ tenants' keys collide; every tenant key starts with ``{prefix}:{tenant}:``)::
     {p}:{tenant}:s:{scope}:data    HASH  member -> Chunk JSON
     {p}:{tenant}:s:{scope}:src     HASH  member -> "{version}:{source_id}" (for remove_source)
     {p}:{tenant}:s:{scope}:meta    HASH  watermark (partition, offset, at) + created
+    {p}:{tenant}:s:{scope}:summary HASH  latest running summary (streams.summaries)
     {p}::applied:{topic}           HASH  partition -> highest applied offset (no tenant:
                                          the empty segment cannot be a tenant)
     {p}:emb:{model}:{hash}         STRING float32 vector (shared across tenants: keyed by
@@ -15,8 +16,9 @@ tenants' keys collide; every tenant key starts with ``{prefix}:{tenant}:``)::
 
 Score is the event's Kafka offset (one scope lives on one partition, so offset order is
 the scope's order); the member is ``{index:08d}:{chunk_id}`` so the chunks of one event
-(same offset) sort by index. All keys of a scope get the same TTL on every write, so they
-expire together and ``exists`` can tell the assembly service to read through from S3.
+(same offset) sort by index. All keys of a scope, its summary included, get the same TTL
+on every write, so they expire together: ``exists`` can tell the assembly service to read
+through from S3, and a live scope without a hot summary has no summary at all.
 
 Writes are Lua scripts inside one MULTI/EXEC, so a crash never leaves half an upsert and
 trimming the cap never leaves orphan data.
@@ -53,7 +55,7 @@ _SLICE: Final = 1000
 DEFAULT_EMBEDDING_TTL_S: Final = 30 * 24 * 3600
 _MGET_BATCH: Final = 500
 
-# KEYS: items, facts, data, src, meta
+# KEYS: items, facts, data, src, meta, summary (only its TTL is touched)
 # ARGV: ttl, cap, wm_partition, wm_offset (-1: none), now, then (zset 'i'|'f', score,
 #       member, json, src) per item
 _UPSERT_LUA: Final = """
@@ -94,13 +96,13 @@ if off >= 0 then
   end
 end
 redis.call('HSETNX', KEYS[5], 'created', ARGV[5])
-for k = 1, 5 do
+for k = 1, #KEYS do
   redis.call('EXPIRE', KEYS[k], ttl)
 end
 return trimmed
 """
 
-# KEYS: items, facts, data, src, meta.  ARGV: source_id, keep_version ('' = none), ttl
+# KEYS: items, facts, data, src, meta, summary.  ARGV: source_id, keep_version ('' = none), ttl
 _REMOVE_SOURCE_LUA: Final = """
 local all = redis.call('HGETALL', KEYS[4])
 local dead = {}
@@ -121,7 +123,7 @@ for j = 1, #dead, 1000 do
   redis.call('HDEL', KEYS[4], unpack(dead, j, last))
 end
 if #dead > 0 then
-  for k = 1, 5 do
+  for k = 1, #KEYS do
     redis.call('EXPIRE', KEYS[k], tonumber(ARGV[3]))
   end
 end
@@ -242,6 +244,14 @@ class HotStore(_RedisOwner):
         base = f"{self.tenant_prefix(tenant)}s:{_seg(scope, 'scope')}:"
         return [base + name for name in ("items", "facts", "data", "src", "meta")]
 
+    def summary_key(self, tenant: str, scope: str) -> str:
+        """The scope's latest running summary (written by :mod:`streams.summaries`); it
+        expires with the scope's other keys, which every write of the scope refreshes."""
+        return f"{self.tenant_prefix(tenant)}s:{_seg(scope, 'scope')}:summary"
+
+    def _write_keys(self, tenant: str, scope: str) -> list[str]:
+        return [*self._scope_keys(tenant, scope), self.summary_key(tenant, scope)]
+
     def _applied_key(self, topic: str) -> str:
         return f"{self.settings.key_prefix}::applied:{_seg(topic, 'topic')}"
 
@@ -284,7 +294,7 @@ class HotStore(_RedisOwner):
                             orjson.dumps(c.model_dump(mode="json")),
                             f"{c.version}:{c.source_id}",
                         ]
-                    await self._upsert(keys=self._scope_keys(tenant, scope), args=args, client=pipe)
+                    await self._upsert(keys=self._write_keys(tenant, scope), args=args, client=pipe)
                 if applied_offsets:
                     await self._queue_applied(pipe, applied_offsets, topic)
                 results: list[Any] = await pipe.execute()
@@ -295,7 +305,7 @@ class HotStore(_RedisOwner):
     ) -> int:
         """Remove every item of ``source_id`` (a document's versions, or an event),
         except those of ``keep_version``. Returns how many items were removed."""
-        keys = self._scope_keys(tenant, scope)
+        keys = self._write_keys(tenant, scope)
         keep = "" if keep_version is None else str(keep_version)
         async with translate_redis_errors("remove_source"):
             removed = await self._remove(
@@ -306,7 +316,7 @@ class HotStore(_RedisOwner):
     async def delete_scope(self, tenant: str, scope: str) -> None:
         """Drop everything of one scope (tenant offboarding, tests)."""
         async with translate_redis_errors("delete_scope"):
-            await self.client.delete(*self._scope_keys(tenant, scope))
+            await self.client.delete(*self._write_keys(tenant, scope))
 
     async def set_watermark(
         self, tenant: str, scope: str, partition: int, offset: int, at: float | None = None
@@ -332,7 +342,7 @@ class HotStore(_RedisOwner):
             async with self.client.pipeline(transaction=True) as pipe:
                 for (tenant, scope), (partition, offset) in marks.items():
                     await self._upsert(
-                        keys=self._scope_keys(tenant, scope),
+                        keys=self._write_keys(tenant, scope),
                         args=[self.settings.hot_ttl_s, self.settings.hot_max_items, partition, offset, stamp],
                         client=pipe,
                     )
@@ -386,6 +396,17 @@ class HotStore(_RedisOwner):
         items, facts, _, _, meta = self._scope_keys(tenant, scope)
         async with translate_redis_errors("exists"):
             return int(await self.client.exists(items, facts, meta)) > 0
+
+    async def summary_json(self, tenant: str, scope: str) -> tuple[bytes | None, bool]:
+        """(the scope's hot summary as stored, whether the scope is live) in one round
+        trip. A live scope without a hot summary has none (they expire together)."""
+        items, facts, _, _, meta = self._scope_keys(tenant, scope)
+        async with translate_redis_errors("summary_get"):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.hget(self.summary_key(tenant, scope), "json")
+                pipe.exists(items, facts, meta)
+                raw, live = await pipe.execute()
+        return (None if raw is None else _as_bytes(raw)), int(live) > 0
 
     async def ttl(self, tenant: str, scope: str) -> int:
         """Seconds left before the scope expires (-2: gone, -1: no TTL)."""

@@ -137,7 +137,7 @@ class SummaryStore:
     def _key(self, tenant: str, scope: str) -> str:
         if not scope:
             raise ValueError("scope must be non-empty")
-        return f"{self._hot.tenant_prefix(tenant)}s:{quote(scope, safe='')}:summary"
+        return self._hot.summary_key(tenant, scope)
 
     def _doc_key(self, tenant: str, doc_id: str) -> str:
         if not doc_id:
@@ -184,8 +184,10 @@ class SummaryStore:
     async def _hot_get(self, key: str, what: str) -> SummaryRecord | None:
         async with translate_redis_errors("summary_get"):
             raw = await self._hot.client.hget(key, "json")
-        if raw is None:
-            return None
+        return None if raw is None else self._decode(raw, what)
+
+    @staticmethod
+    def _decode(raw: bytes | str, what: str) -> SummaryRecord:
         try:
             return SummaryRecord.model_validate_json(raw)
         except ValidationError as exc:
@@ -202,6 +204,13 @@ class SummaryStore:
 
     async def latest_hot(self, tenant: str, scope: str) -> SummaryRecord | None:
         return await self._hot_get(self._key(tenant, scope), f"{tenant}/{scope}")
+
+    async def latest_hot_if_live(self, tenant: str, scope: str) -> tuple[SummaryRecord | None, bool]:
+        """(the hot summary, whether the scope is live in the hot tier), one round trip.
+        The summary's hot copy expires with the scope, so only a scope that is not live
+        can have a summary in S3 alone."""
+        raw, live = await self._hot.summary_json(tenant, scope)
+        return (None if raw is None else self._decode(raw, f"{tenant}/{scope}")), live
 
     async def latest_cold(self, tenant: str, scope: str) -> SummaryRecord | None:
         return await self._cold_get(summary_key(tenant, scope), f"{tenant}/{scope}")

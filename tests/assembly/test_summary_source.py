@@ -17,9 +17,10 @@ class _Store:
         self.cold_calls = 0
         self.cold_delay_s = 0.0
         self.fail = False
+        self.live = False  # whether the scope has keys in the hot tier
 
-    async def latest_hot(self, tenant: str, scope: str) -> SummaryRecord | None:
-        return None
+    async def latest_hot_if_live(self, tenant: str, scope: str) -> tuple[SummaryRecord | None, bool]:
+        return None, self.live
 
     async def latest_cold(self, tenant: str, scope: str) -> SummaryRecord | None:
         self.cold_calls += 1
@@ -51,3 +52,15 @@ async def test_absent_summaries_are_remembered_and_rechecked_off_the_request_pat
     assert await summaries.get("acme", "s1") is None  # a failing re-check is only logged
     await summaries.drain()
     assert store.cold_calls == 3
+
+
+async def test_a_live_scope_without_a_hot_summary_never_costs_an_s3_request() -> None:
+    store = _Store()
+    store.live = True
+    summaries = StoredSummaries(store)  # type: ignore[arg-type]
+    for scope in ("s1", "s2", "s3"):
+        assert await summaries.get("acme", scope) is None
+    assert store.cold_calls == 0
+    store.live = False  # expired from Redis: now S3 may hold the only copy
+    assert await summaries.get("acme", "s4") is None
+    assert store.cold_calls == 1

@@ -81,6 +81,26 @@ async def test_ttl_is_set_on_every_key(hot: HotStore) -> None:
     assert 0 < await hot.ttl("t", "s") <= 600
 
 
+async def test_the_summary_expires_with_its_scope(hot: HotStore) -> None:
+    assert await hot.summary_json("t", "s") == (None, False)  # never written: S3 may know
+    key = hot.summary_key("t", "s")
+    await hot.client.hset(key, "json", b'{"s": 1}')
+    await hot.client.expire(key, 5)  # written long ago: about to expire on its own
+    await hot.upsert_items([make_chunk("t", "s", 1)])
+    assert 5 < await hot.client.ttl(key) <= 600  # every write of the scope renews it
+    assert await hot.summary_json("t", "s") == (b'{"s": 1}', True)
+    await hot.client.expire(key, 5)
+    await hot.remove_source("t", "s", make_chunk("t", "s", 1).source_id)
+    assert 5 < await hot.client.ttl(key) <= 600
+    await hot.client.delete(key)
+    await hot.upsert_items([make_chunk("t", "s", 2)])
+    assert await hot.client.exists(key) == 0  # renewing never creates it
+    assert await hot.summary_json("t", "s") == (None, True)  # live, no summary: none anywhere
+    await hot.client.hset(key, "json", b"{}")
+    await hot.delete_scope("t", "s")
+    assert await hot.summary_json("t", "s") == (None, False)
+
+
 async def test_cap_trims_oldest_and_keeps_facts(hot: HotStore) -> None:
     facts = [make_chunk("t", "s", o, kind=EventKind.FACT) for o in (0, 1, 2)]
     items = [make_chunk("t", "s", o) for o in range(10, 18)]
