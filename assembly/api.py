@@ -3,6 +3,7 @@ metrics and a per-scope view of the tiers."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -27,7 +28,13 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
             api.state.runtime = runtime
             api.state.settings = runtime.settings
             api.state.assembly = assembly
-            yield
+            # Process-wide: the API's requests wait on worker threads (see ApiSettings).
+            previous = sys.getswitchinterval()
+            sys.setswitchinterval(runtime.settings.api.switch_interval_ms / 1000)
+            try:
+                yield
+            finally:
+                sys.setswitchinterval(previous)
 
     api = FastAPI(title="ctxpipe", version="0.1.0", lifespan=lifespan)
 

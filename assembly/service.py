@@ -409,26 +409,13 @@ class AssemblyService:
     async def _read_hot(
         self, tenant: str, scope: str, scopes: Sequence[str], main_turns: asyncio.Future[list[Chunk] | None]
     ) -> _HotData:
-        hot = self.tiers.hot
-
-        async def recent_of_main() -> list[Chunk]:
-            turns = await hot.recent(tenant, scope, limit=self.config.recent_fetch_limit)
-            if not main_turns.done():
-                main_turns.set_result(turns)
-            return turns
-
-        recent_t = recent_of_main()
-        facts_t = [hot.facts(tenant, s) for s in scopes]
-        marks_t = [hot.watermark(tenant, s) for s in scopes]
-        results = await asyncio.gather(recent_t, *facts_t, *marks_t)
-        recent = cast(list[Chunk], results[0])
-        facts_lists = cast(list[list[Chunk]], results[1 : 1 + len(scopes)])
-        marks = cast(list[HotWatermark | None], results[1 + len(scopes) :])
-        facts = [f for group in facts_lists for f in group]
-        watermarks = {s: m for s, m in zip(scopes, marks, strict=True) if m is not None}
+        view = await self.tiers.hot.view(tenant, scope, scopes, self.config.recent_fetch_limit)
+        if not main_turns.done():
+            main_turns.set_result(view.recent)
+        facts = [f for s in scopes for f in view.facts.get(s, [])]
         # Nothing at all for the main scope: maybe never written, maybe expired.
-        expired = not recent and not facts_lists[0] and scope not in watermarks
-        return _HotData(recent, facts, watermarks, expired)
+        expired = not view.recent and not view.facts.get(scope) and scope not in view.watermarks
+        return _HotData(view.recent, facts, view.watermarks, expired)
 
     async def _read_through(
         self, tenant: str, scopes: Sequence[str], hot: _HotData | None, reasons: list[str]

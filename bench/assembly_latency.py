@@ -79,6 +79,10 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-norecord": {"embedding": {"runtime": "onnx"}, "assembly": {"record_windows": False}},
     # The server on asyncio's own event loop instead of uvloop (what `ctxpipe serve` uses).
     "onnx-asyncio": {"embedding": {"runtime": "onnx"}},
+    # Full-precision query vectors (the int8 copy of the model is the default).
+    "onnx-fp32q": {"embedding": {"runtime": "onnx", "query_precision": "fp32"}},
+    # Python's default GIL switch interval (5 ms) instead of the API's 1 ms.
+    "onnx-switch5": {"embedding": {"runtime": "onnx"}, "api": {"switch_interval_ms": 5.0}},
 }
 # Event loop of the server per config (uvicorn's names); uvloop unless named here.
 LOOPS: dict[str, str] = {"onnx-asyncio": "asyncio"}

@@ -15,7 +15,9 @@ Metric: a question counts as found when *all* its supporting turns are inside th
 * ``dense``: top-k by dense cosine only (no BM25, no recency), filling the budget;
 * ``service-legacy``: the assembly service with the retrieval it shipped with (one
   hybrid search of 40, recency-blended);
-* ``service``: the assembly service as configured now (:mod:`assembly.retrieval`);
+* ``service``: the assembly service as configured now (:mod:`assembly.retrieval`),
+  queries embedded by the int8 copy of the model (``embedding.query_precision``);
+* ``service fp32 queries``: the same with full-precision query vectors;
 * ablations of the service's retrieval, one knob off at a time.
 
 Tuning happened on ``--dev-seed`` only; ``--split test`` (the default) reports a seed no
@@ -133,9 +135,15 @@ class Bench:
 
         return run
 
-    def service(self, config: RetrievalConfig, *, compact: bool = True, recency_weight: float | None = None) -> Strategy:
+    def service(
+        self, config: RetrievalConfig, *, compact: bool = True, recency_weight: float | None = None,
+        full_precision_queries: bool = False,
+    ) -> Strategy:
         svc = AssemblyService(self.rt, clock=lambda: self._now)
         svc.retriever = Retriever(self.rt.semantic, self.rt.hot, config)
+        if full_precision_queries:  # the documents' model for queries too (no int8 copy)
+            svc.query_model = self.rt.embedder.inner
+            svc._queries = svc._query_embedder(svc.query_model)
         make_config = svc._window_config
 
         def window_config(request: ContextRequest, system_prompt: str) -> WindowConfig:
@@ -254,6 +262,7 @@ async def main() -> None:
                 "service-legacy": bench.service(LEGACY_RETRIEVAL, compact=False),
                 "service-legacy compact": bench.service(LEGACY_RETRIEVAL),
                 "service": bench.service(DEFAULT_RETRIEVAL),
+                "service fp32 queries": bench.service(DEFAULT_RETRIEVAL, full_precision_queries=True),
             }
             for spec in args.variant:
                 name, knobs = _variant(spec)

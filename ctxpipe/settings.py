@@ -132,6 +132,11 @@ class ApiSettings(_Group):
     port: int = 8000
     # tenant -> API key; empty means the API runs open (local development only).
     tenant_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # Python's GIL switch interval while the API runs (sys.setswitchinterval; Python's
+    # default is 5 ms). A request hands work to threads (query model, search engine) and
+    # waits for them; with 5 ms a finished thread can wait that long for the GIL behind
+    # the event loop. bench/assembly_latency.py (config onnx-switch5) compares.
+    switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
 
 
 class AssemblySettings(_Group):

@@ -150,6 +150,33 @@ end
 return out
 """
 
+# KEYS: items and data of the main scope, then facts, data, meta of each scope.
+# ARGV: recent limit (0 = all).  The assembly service's read in one round trip:
+# {recent items, then per scope: {facts, meta as HGETALL}}.
+_VIEW_LUA: Final = """
+local function read(zset, data, limit)
+  local m
+  if limit > 0 then
+    m = redis.call('ZRANGE', zset, -limit, -1)
+  else
+    m = redis.call('ZRANGE', zset, 0, -1)
+  end
+  local out = {}
+  for j = 1, #m, 1000 do
+    local vals = redis.call('HMGET', data, unpack(m, j, math.min(j + 999, #m)))
+    for _, v in ipairs(vals) do
+      if v then out[#out + 1] = v end
+    end
+  end
+  return out
+end
+local out = {read(KEYS[1], KEYS[2], tonumber(ARGV[1]))}
+for k = 3, #KEYS, 3 do
+  out[#out + 1] = {read(KEYS[k], KEYS[k + 1], 0), redis.call('HGETALL', KEYS[k + 2])}
+end
+return out
+"""
+
 # KEYS: applied hash.  ARGV: partition, offset pairs.  Offsets only move forward, so a
 # late or replayed writer can never make a sink re-apply what it already applied.
 _APPLIED_LUA: Final = """
@@ -170,6 +197,15 @@ class Watermark:
     partition: int
     offset: int
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeView:
+    """What the assembly service reads of the hot tier for one request."""
+
+    recent: list[Chunk]  # of the main scope, oldest first
+    facts: dict[str, list[Chunk]]  # per requested scope, oldest first
+    watermarks: dict[str, Watermark]  # scopes that have one
 
 
 def _seg(value: str, what: str) -> str:
@@ -233,6 +269,7 @@ class HotStore(_RedisOwner):
         self._upsert = self.client.register_script(_UPSERT_LUA)
         self._remove = self.client.register_script(_REMOVE_SOURCE_LUA)
         self._read = self.client.register_script(_READ_LUA)
+        self._view = self.client.register_script(_VIEW_LUA)
         self._applied = self.client.register_script(_APPLIED_LUA)
 
     # -- keys ---------------------------------------------------------------------------
@@ -418,16 +455,30 @@ class HotStore(_RedisOwner):
         meta = self._scope_keys(tenant, scope)[4]
         async with translate_redis_errors("watermark"):
             raw = _as_bytes_map(await self.client.hgetall(meta))
-        if b"offset" not in raw:
-            return None
+        return _watermark(raw, meta)
+
+    async def view(self, tenant: str, scope: str, scopes: Sequence[str], recent_limit: int) -> ScopeView:
+        """The newest ``recent_limit`` items of ``scope`` and the facts and watermarks of
+        each of ``scopes``, in one script (one round trip instead of 1 + 2 per scope)."""
+        items, _, data, _, _ = self._scope_keys(tenant, scope)
+        keys = [items, data]
+        for other in scopes:
+            _, fact_set, other_data, _, meta = self._scope_keys(tenant, other)
+            keys += [fact_set, other_data, meta]
+        async with translate_redis_errors("view"):
+            raw: list[Any] = await self._view(keys=keys, args=[max(0, recent_limit)])
         try:
-            return Watermark(
-                partition=int(raw[b"partition"]),
-                offset=int(raw[b"offset"]),
-                updated_at=float(raw[b"at"]),
-            )
-        except (KeyError, ValueError) as exc:
-            raise StorageDataError(f"bad watermark in {meta}", tier=_TIER, operation="watermark") from exc
+            recent = [Chunk.model_validate_json(b) for b in raw[0]] if recent_limit > 0 else []
+            facts: dict[str, list[Chunk]] = {}
+            marks: dict[str, Watermark] = {}
+            for s, (fact_blobs, flat) in zip(scopes, raw[1:], strict=True):
+                facts[s] = [Chunk.model_validate_json(b) for b in fact_blobs]
+                mark = _watermark(_as_bytes_map(dict(zip(flat[::2], flat[1::2], strict=True))), s)
+                if mark is not None:
+                    marks[s] = mark
+        except (ValidationError, ValueError) as exc:
+            raise StorageDataError(f"undecodable hot view of {tenant}/{scope}", tier=_TIER, operation="view") from exc
+        return ScopeView(recent, facts, marks)
 
     async def applied_offset(self, partition: int, *, topic: str = "default") -> int | None:
         """The highest offset of ``partition`` a sink recorded as applied, if any."""
@@ -514,6 +565,15 @@ class EmbeddingCacheRedis(_RedisOwner):
                     for h, vector in items[start : start + _MGET_BATCH]:
                         pipe.set(self.key(h), _pack(vector), ex=self.ttl_s)
                     await pipe.execute()
+
+
+def _watermark(raw: Mapping[bytes, bytes], where: str) -> Watermark | None:
+    if b"offset" not in raw:
+        return None
+    try:
+        return Watermark(partition=int(raw[b"partition"]), offset=int(raw[b"offset"]), updated_at=float(raw[b"at"]))
+    except (KeyError, ValueError) as exc:
+        raise StorageDataError(f"bad watermark in {where}", tier=_TIER, operation="watermark") from exc
 
 
 def _pack(vector: Sequence[float]) -> bytes:

@@ -101,6 +101,18 @@ async def test_the_summary_expires_with_its_scope(hot: HotStore) -> None:
     assert await hot.summary_json("t", "s") == (None, False)
 
 
+async def test_view_reads_recent_facts_and_watermarks_of_several_scopes_at_once(hot: HotStore) -> None:
+    await hot.upsert_items([make_chunk("t", "a", o) for o in (1, 2, 3)] + [make_chunk("t", "a", 0, kind=EventKind.FACT)])
+    await hot.upsert_items([make_chunk("t", "kb", 9, kind=EventKind.FACT), make_chunk("t", "kb", 8)])
+    await hot.upsert_items([make_chunk("other", "a", 5, kind=EventKind.FACT)])  # another tenant
+    view = await hot.view("t", "a", ["a", "kb", "never"], recent_limit=2)
+    assert offsets(view.recent) == [(2, 0), (3, 0)]
+    assert view.recent == await hot.recent("t", "a", limit=2)
+    assert {s: offsets(f) for s, f in view.facts.items()} == {"a": [(0, 0)], "kb": [(9, 0)], "never": []}
+    assert view.watermarks == {"a": await hot.watermark("t", "a"), "kb": await hot.watermark("t", "kb")}
+    assert view.watermarks["a"].offset == 3 and view.watermarks["kb"].offset == 9
+
+
 async def test_cap_trims_oldest_and_keeps_facts(hot: HotStore) -> None:
     facts = [make_chunk("t", "s", o, kind=EventKind.FACT) for o in (0, 1, 2)]
     items = [make_chunk("t", "s", o) for o in range(10, 18)]
