@@ -77,6 +77,9 @@ class QdrantSettings(_Group):
     # through qdrant-client, the scale-out path.
     mode: Literal["edge", "server"] = "edge"
     edge_path: Path = PROJECT_ROOT / ".stack" / "data" / "qdrant-edge"
+    # Edge runs in a child process (storage.semantic.process): the engine holds the GIL
+    # while it works, so in-process it would stall the event loop. False: in-process.
+    edge_process: bool = True
     url: str = "http://127.0.0.1:6333"
     api_key: SecretStr | None = None
     collection: str = "context_chunks"

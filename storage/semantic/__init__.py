@@ -1,8 +1,8 @@
 """Semantic tier: chunks with a dense vector and a BM25 sparse vector, hybrid-searched.
 
 ``open_semantic_store(settings.qdrant, settings.embedding.dimension)`` gives the backend the
-settings ask for: Qdrant Edge in-process (default; one process per shard) or a Qdrant
-server (several workers).
+settings ask for: Qdrant Edge in a child process (default), Qdrant Edge in-process (one
+process per shard either way), or a Qdrant server (several workers).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from qdrant_client import AsyncQdrantClient
 from ctxpipe.settings import QdrantSettings
 from storage.semantic.base import SemanticHit, SemanticStore
 from storage.semantic.edge import EdgeSemanticStore
+from storage.semantic.process import EdgeProcessStore
 from storage.semantic.exceptions import (
     SemanticQueryError,
     SemanticSchemaError,
@@ -27,6 +28,7 @@ from storage.semantic.sparse import Bm25Encoder, SparseEmbedding
 
 __all__ = [
     "Bm25Encoder",
+    "EdgeProcessStore",
     "EdgeSemanticStore",
     "SemanticHit",
     "SemanticQueryError",
@@ -45,6 +47,8 @@ __all__ = [
 async def open_semantic_store(settings: QdrantSettings, dimension: int) -> SemanticStore:
     """Open (creating if needed) the store; close it with ``await store.aclose()`` (or use it as an async context manager)."""
     if settings.mode == "edge":
+        if settings.edge_process:
+            return await EdgeProcessStore.open(settings.edge_path, dimension)
         # Loading segments is disk work: keep it off the event loop.
         return await asyncio.to_thread(EdgeSemanticStore.open, settings.edge_path, dimension)
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None

@@ -1,8 +1,8 @@
 """The semantic tier's interface, its result type and what both backends share.
 
 Every method is async: the store lives in an asyncio worker and an asyncio API. The Edge
-backend runs its (fast, GIL-releasing) engine calls in a thread so a large upsert never
-stalls the event loop; the server backend uses ``AsyncQdrantClient``.
+backend runs its engine calls in a thread (by default inside a child process, see
+:mod:`storage.semantic.process`); the server backend uses ``AsyncQdrantClient``.
 
 Tenant isolation is enforced here, not by callers: ``search`` and ``count`` take the
 tenant as a required argument and refuse an empty one, and every backend puts the tenant
@@ -98,6 +98,27 @@ def chunk_from_payload(point_id: object, payload: dict[str, Any]) -> Chunk:
 
 def hit_from_payload(point_id: object, score: float, payload: dict[str, Any]) -> SemanticHit:
     return SemanticHit(chunk_from_payload(point_id, payload), score, str(payload["model"]))
+
+
+# A search result before the caller's known hits are filled in: (chunk id, score, the
+# decoded hit, or None when the caller already holds that chunk).
+PointHit = tuple[str, float, "SemanticHit | None"]
+
+
+def with_known(results: Sequence[Sequence[PointHit]], known: Mapping[str, SemanticHit]) -> list[list[SemanticHit]]:
+    """Hits of :meth:`search_points`-style results, known chunks reused with their new score."""
+    out: list[list[SemanticHit]] = []
+    for points in results:
+        hits: list[SemanticHit] = []
+        for cid, score, hit in points:
+            if hit is not None:
+                hits.append(hit if hit.score == score else SemanticHit(hit.chunk, score, hit.model))
+            else:
+                seen = known.get(cid)
+                if seen is not None:
+                    hits.append(SemanticHit(seen.chunk, score, seen.model))
+        out.append(hits)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

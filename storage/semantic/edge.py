@@ -4,10 +4,12 @@ Edge is single-process: one process owns the shard directory. We take an ``flock
 lock file inside it before loading, so a second process (or a second store in this one)
 fails at once with :class:`SemanticStoreLocked` instead of a cryptic WAL error.
 
-The engine calls release the GIL, so they run in worker threads of the store's own small
-pool (not the default executor, which blocking S3/boto3 calls share: a burst of window
-uploads must not queue searches behind it), and a big upsert or search does not block the
-event loop.
+The engine calls run in worker threads of the store's own small pool (not the default
+executor, which blocking S3/boto3 calls share), so a big upsert is cut into slices the
+event loop can interleave with. They do **not** release the GIL (measured: two threads
+querying one shard run 1.06x one thread), so engine time still competes with the event
+loop for the interpreter: :mod:`storage.semantic.process` runs this store in a child
+process for that reason (``qdrant.edge_process``, the default).
 
 Edge has no background optimizer: points stay in plain (brute-force) segments until
 ``optimize()`` is called. Tenant/scope-filtered searches are served from the payload
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
@@ -33,12 +35,14 @@ from storage.semantic.base import (
     KEYWORD_INDEXES,
     RRF_K,
     SPARSE,
+    PointHit,
     SearchSpec,
     SemanticHit,
     SemanticStore,
     chunk_from_payload,
     chunk_payload,
     hit_from_payload,
+    with_known,
 )
 from storage.semantic.exceptions import (
     SemanticSchemaError,
@@ -146,40 +150,46 @@ class EdgeSemanticStore(SemanticStore):
     async def _search_batch(
         self, specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]
     ) -> list[list[SemanticHit]]:
-        requests = [_query_request(spec) for spec in specs]
+        return with_known(await self.search_points(specs, known.keys()), known)
 
-        def search(shard: qe.EdgeShard) -> tuple[list[list[qe.ScoredPoint]], dict[str, dict[str, Any]]]:
+    async def search_points(self, specs: Sequence[SearchSpec], known_ids: Collection[str]) -> list[list[PointHit]]:
+        """The searches as (chunk id, score, hit) lists; ``hit`` is None for ids in
+        ``known_ids`` (their payload is neither fetched nor decoded), and one decoded hit
+        object is shared by every list it appears in."""
+        requests = [_query_request(spec) for spec in specs]
+        known_set = known_ids if isinstance(known_ids, (set, frozenset)) else set(known_ids)
+
+        def search(shard: qe.EdgeShard) -> list[list[PointHit]]:
             if len(requests) == 1:
                 results = [shard.query(requests[0])]
             else:
                 results = shard.query_batch(qe.QueryBatchRequest(requests))
-            # Payloads in one retrieve of the hits not known yet: on the 100k-chunk latency
-            # corpus, payloads returned by a hybrid query of 100 cost ~3.9 ms, a retrieve of
-            # the same 100 points ~0.55 ms.
-            wanted = list({str(p.id) for points in results for p in points} - known.keys())
-            ids: list[qe.PointId] = list(wanted)
+            scored = [[(str(p.id), p.score) for p in points] for points in results]
+            # Payloads in one retrieve of the hits not known yet (not with the queries:
+            # a query returning payloads costs about as much as the retrieve, and
+            # would decode the known ones again).
+            ids: list[qe.PointId] = list({cid for points in scored for cid, _ in points} - known_set)
             records = shard.retrieve(ids, with_payload=True, with_vector=False) if ids else []
-            return results, {str(r.id): r.payload or {} for r in records}
+            payloads = {str(r.id): r.payload or {} for r in records}
+            decoded: dict[str, SemanticHit] = {}
+            out: list[list[PointHit]] = []
+            for points in scored:
+                hits: list[PointHit] = []
+                for cid, score in points:
+                    if cid in known_set:
+                        hits.append((cid, score, None))
+                        continue
+                    hit = decoded.get(cid)
+                    if hit is None:
+                        payload = payloads.get(cid)
+                        if payload is None:
+                            continue  # deleted between the search and the retrieve
+                        hit = decoded[cid] = hit_from_payload(cid, score, payload)
+                    hits.append((cid, score, hit))
+                out.append(hits)
+            return out
 
-        results, payloads = await self._run(search)
-        # Decode each point once: a chunk in several lists (or already known) is reused.
-        decoded: dict[str, SemanticHit] = dict(known)
-        out: list[list[SemanticHit]] = []
-        for points in results:
-            hits: list[SemanticHit] = []
-            for p in points:
-                cid = str(p.id)
-                seen = decoded.get(cid)
-                if seen is None:
-                    payload = payloads.get(cid)
-                    if payload is None:
-                        continue  # deleted between the search and the retrieve
-                    seen = decoded[cid] = hit_from_payload(cid, p.score, payload)
-                    hits.append(seen)
-                else:
-                    hits.append(SemanticHit(seen.chunk, p.score, seen.model))
-            out.append(hits)
-        return out
+        return await self._run(search)
 
     async def _count(self, tenant: str, scope: str | None) -> int:
         must: list[qe.ConditionType] = [_eq("tenant", tenant)]

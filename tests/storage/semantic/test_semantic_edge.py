@@ -1,7 +1,9 @@
-"""Qdrant Edge specifics: persistence across reopen, the one-process lock, schema checks."""
+"""Qdrant Edge specifics: persistence across reopen, the one-process lock, schema checks,
+and the child-process store (storage.semantic.process)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -13,10 +15,12 @@ from semantic_helpers import DIM, make_chunk, rand_vector
 
 from ctxpipe.settings import PROJECT_ROOT, QdrantSettings
 from storage.semantic import (
+    EdgeProcessStore,
     EdgeSemanticStore,
     SemanticSchemaError,
     SemanticStoreClosed,
     SemanticStoreLocked,
+    SemanticStoreUnavailable,
     open_semantic_store,
 )
 
@@ -105,11 +109,64 @@ async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
         await store.count("acme")
 
 
-async def test_factory_opens_edge_by_default(tmp_path: Path) -> None:
-    settings = QdrantSettings(edge_path=tmp_path / "edge")
-    store = await open_semantic_store(settings, DIM)
+async def test_factory_opens_edge_in_a_child_process_by_default(tmp_path: Path) -> None:
+    store = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge"), DIM)
     try:
-        assert isinstance(store, EdgeSemanticStore)
+        assert isinstance(store, EdgeProcessStore)
         assert store.path == tmp_path / "edge"
     finally:
         await store.aclose()
+    inline = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge", edge_process=False), DIM)
+    try:
+        assert isinstance(inline, EdgeSemanticStore)
+    finally:
+        await inline.aclose()
+
+
+async def test_process_store_keeps_the_lock_and_the_data_across_reopen(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    items = [make_chunk(f"note {i} about otters", rand_vector(rng), index=i) for i in range(30)]
+    store = await EdgeProcessStore.open(tmp_path, DIM)
+    try:
+        await store.upsert(items)
+        with pytest.raises(SemanticStoreLocked):
+            EdgeSemanticStore.open(tmp_path, DIM)  # the child holds the shard
+        with pytest.raises(SemanticStoreLocked):
+            await EdgeProcessStore.open(tmp_path, DIM)
+        # Many calls in flight at once come back to their own callers.
+        counts, *searches = await asyncio.gather(
+            store.count("acme"),
+            *(store.search("acme", ["session:1"], items[i].vector, f"otters {i}", limit=3) for i in range(10)),
+        )
+        assert counts == 30
+        assert [hits[0].chunk for hits in searches] == [items[i].chunk for i in range(10)]
+    finally:
+        await store.aclose()
+    await store.aclose()  # idempotent
+    with pytest.raises(SemanticStoreClosed):
+        await store.count("acme")
+    reopened = await EdgeProcessStore.open(tmp_path, DIM)
+    try:
+        assert await reopened.count("acme") == 30
+    finally:
+        await reopened.aclose()
+
+
+async def test_a_dead_edge_process_fails_calls_instead_of_hanging(tmp_path: Path) -> None:
+    store = await EdgeProcessStore.open(tmp_path, DIM)
+    try:
+        assert await store.count("acme") == 0
+        store._proc.kill()
+        with pytest.raises(SemanticStoreUnavailable):
+            await asyncio.wait_for(store.count("acme"), 10)
+        with pytest.raises(SemanticStoreUnavailable):  # and stays failed, at once
+            await asyncio.wait_for(store.search("acme", ["s"], rand_vector(random.Random(1)), "x", limit=1), 1)
+    finally:
+        await store.aclose()
+    await EdgeSemanticStore.open(tmp_path, DIM).aclose()  # the dead child released the lock
+
+
+async def test_process_store_reports_a_schema_mismatch_from_open(tmp_path: Path) -> None:
+    await (await EdgeProcessStore.open(tmp_path, DIM)).aclose()
+    with pytest.raises(SemanticSchemaError):
+        await EdgeProcessStore.open(tmp_path, DIM * 2)

@@ -1,0 +1,70 @@
+"""The child side of :class:`storage.semantic.process.EdgeProcessStore` (internal):
+``python -m storage.semantic.edge_child --fd N --path P --dimension D`` owns the Edge
+shard and answers the parent's calls on the socket ``N``, each as its own task."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+from pathlib import Path
+from typing import Any
+
+from storage.semantic import exceptions as errors
+from storage.semantic.edge import EdgeSemanticStore
+from storage.semantic.process import CALLS, error_of, frame, read_frame
+
+
+async def _serve(fd: int, path: Path, dimension: int) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
+    try:
+        store = await asyncio.to_thread(EdgeSemanticStore.open, path, dimension)
+    except Exception as exc:  # the parent raises it from open()
+        writer.write(frame((False, error_of(exc))))
+        await writer.drain()
+        writer.close()
+        return
+    writer.write(frame((True, None)))
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(call_id: int, name: str, args: tuple[Any, ...]) -> None:
+        try:
+            if name not in CALLS:
+                raise errors.SemanticStoreError(f"unknown call {name!r}")
+            reply = (call_id, True, await getattr(store, name)(*args))
+        except Exception as exc:  # every failure goes back to the caller that asked
+            reply = (call_id, False, error_of(exc))
+        writer.write(frame(reply))
+
+    try:
+        while True:
+            try:
+                call_id, name, args = await read_frame(reader)
+            except asyncio.IncompleteReadError:
+                break  # the parent closed the store or died
+            if name == "aclose":
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await store.aclose()
+                writer.write(frame((call_id, True, None)))
+                await writer.drain()
+                break
+            task = asyncio.create_task(answer(call_id, name, args))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await store.aclose()
+        writer.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Qdrant Edge shard server for EdgeProcessStore (internal)")
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--path", type=Path, required=True)
+    ap.add_argument("--dimension", type=int, required=True)
+    args = ap.parse_args()
+    asyncio.run(_serve(args.fd, args.path, args.dimension))
+
+
+if __name__ == "__main__":
+    main()
