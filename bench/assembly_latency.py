@@ -83,6 +83,11 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-fp32q": {"embedding": {"runtime": "onnx", "query_precision": "fp32"}},
     # Python's default GIL switch interval (5 ms) instead of the API's 1 ms.
     "onnx-switch5": {"embedding": {"runtime": "onnx"}, "api": {"switch_interval_ms": 5.0}},
+    # Qdrant Edge inside the server process instead of its child process.
+    "onnx-inproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": False}},
+    # All three of the above at once: the service's settings before they existed.
+    "onnx-before": {"embedding": {"runtime": "onnx", "query_precision": "fp32"},
+                    "api": {"switch_interval_ms": 5.0}, "qdrant": {"edge_process": False}},
 }
 # Event loop of the server per config (uvicorn's names); uvloop unless named here.
 LOOPS: dict[str, str] = {"onnx-asyncio": "asyncio"}
