@@ -47,6 +47,10 @@ Embed = Callable[[str], Awaitable[list[float]]]
 # first, maybe only the newest ones; None when that read failed.
 KnownTurns = Mapping[str, "asyncio.Future[list[Chunk] | None]"]
 
+# Hits per first-hop list that come back with their stored vectors: the second hop mixes
+# the vectors of the best fused hits, and those are almost always this high in a list.
+_VECTORS_FOR_TOP: Final = 8
+
 # Words that ask for the present state of something that may have changed.
 _LATEST_CUES: Final = re.compile(
     r"\b(now|current(ly)?|latest|newest|most recent|these days|anymore|still|today|at the moment|updated?)\b",
@@ -176,8 +180,10 @@ class Retriever:
         if c.dense_pool > 0:
             # An empty query text makes the store search the dense vectors only.
             queries.append((vector, "", c.dense_pool))
-        # One engine call for both lists (Edge plans them together and decodes each chunk once).
-        first_hits = await self.semantic.search_batch(tenant, scopes, queries)
+        # One engine call for both lists (Edge plans them together and decodes each chunk once);
+        # the best few of each come with their vectors for the second hop's mixed vector.
+        tops = _VECTORS_FOR_TOP if c.second_hop > 0 and c.second_hop_vector == "mix" else 0
+        first_hits = await self.semantic.search_batch(tenant, scopes, queries, vectors_for_top=tops)
         first = [[h.chunk for h in hits] for hits in first_hits]
         weights = [1.0, c.dense_weight]
         scored = fuse(list(zip(weights, first, strict=False)), c.rrf_k)
@@ -206,7 +212,7 @@ class Retriever:
         known: Mapping[str, SemanticHit],
     ) -> list[Chunk]:
         expanded = " ".join([query, *(ch.text for _, ch in top)])
-        mixed = await self._mixed_vector(query, vector, top) if self.config.second_hop_vector == "mix" else None
+        mixed = await self._mixed_vector(query, vector, top, known) if self.config.second_hop_vector == "mix" else None
         hop_vector = mixed if mixed is not None else await embed(expanded)
         # The hits the query was expanded with come back first: ask for that many more.
         # Most of its hits were in the first hop: those are not decoded again.
@@ -216,11 +222,18 @@ class Retriever:
         return [h.chunk for h in hits]
 
     async def _mixed_vector(
-        self, query: str, vector: Sequence[float], top: Sequence[tuple[float, Chunk]]
+        self, query: str, vector: Sequence[float], top: Sequence[tuple[float, Chunk]], known: Mapping[str, SemanticHit]
     ) -> list[float] | None:
         """The query's vector and the hits' stored vectors, averaged by word count and
         normalized; None when a vector is missing (the caller embeds the text instead)."""
-        stored = await self.semantic.dense_vectors([ch.chunk_id for _, ch in top])
+        stored: dict[str, list[float]] = {}
+        for _, ch in top:
+            hit = known.get(ch.chunk_id)
+            if hit is not None and hit.vector:
+                stored[ch.chunk_id] = hit.vector
+        missing = [ch.chunk_id for _, ch in top if ch.chunk_id not in stored]
+        if missing:  # fused from deeper in the lists than the search sent vectors for
+            stored.update(await self.semantic.dense_vectors(missing))
         parts: list[tuple[Sequence[float], str]] = [(vector, query)]
         for _, ch in top:
             got = stored.get(ch.chunk_id)

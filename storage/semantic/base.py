@@ -12,8 +12,9 @@ ever scored, fused or returned.
 
 from __future__ import annotations
 
-from abc import abstractmethod
 import asyncio
+import dataclasses
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,8 @@ class SemanticHit:
     # order is meaningful across queries.
     score: float
     model: str
+    # The stored dense vector, for the hits a search asked it for (``vectors_for_top``).
+    vector: list[float] | None = None
 
 
 def chunk_payload(item: EmbeddedChunk) -> dict[str, Any]:
@@ -96,8 +99,10 @@ def chunk_from_payload(point_id: object, payload: dict[str, Any]) -> Chunk:
     )
 
 
-def hit_from_payload(point_id: object, score: float, payload: dict[str, Any]) -> SemanticHit:
-    return SemanticHit(chunk_from_payload(point_id, payload), score, str(payload["model"]))
+def hit_from_payload(
+    point_id: object, score: float, payload: dict[str, Any], vector: list[float] | None = None
+) -> SemanticHit:
+    return SemanticHit(chunk_from_payload(point_id, payload), score, str(payload["model"]), vector)
 
 
 # A search result before the caller's known hits are filled in: (chunk id, score, the
@@ -112,7 +117,7 @@ def with_known(results: Sequence[Sequence[PointHit]], known: Mapping[str, Semant
         hits: list[SemanticHit] = []
         for cid, score, hit in points:
             if hit is not None:
-                hits.append(hit if hit.score == score else SemanticHit(hit.chunk, score, hit.model))
+                hits.append(hit if hit.score == score else SemanticHit(hit.chunk, score, hit.model, hit.vector))
             else:
                 seen = known.get(cid)
                 if seen is not None:
@@ -134,6 +139,9 @@ class SearchSpec:
     # ranked low by one signal can still be lifted by the other.
     prefetch_limit: int
     kinds: list[str] | None
+    # The first this-many hits come with their stored dense vector (backends may ignore it:
+    # callers fall back to :meth:`SemanticStore.dense_vectors`).
+    vectors_for_top: int = 0
 
 
 class SemanticStore(AsyncCloseable):
@@ -186,12 +194,19 @@ class SemanticStore(AsyncCloseable):
         scopes: Sequence[str],
         queries: Sequence[tuple[Sequence[float], str, int]],
         known: Mapping[str, SemanticHit] | None = None,
+        *,
+        vectors_for_top: int = 0,
     ) -> list[list[SemanticHit]]:
         """Several :meth:`search` es (``(vector, query_text, limit)`` each) over the same
         tenant and scopes, one list of hits per query, in order. A backend may run them as one
         engine call; hits whose chunk id is in ``known`` reuse that chunk instead of decoding
-        the payload again (the request path searches twice: first hop, then second hop)."""
-        specs = [self._spec(tenant, scopes, v, text, limit, None) for v, text, limit in queries]
+        the payload again (the request path searches twice: first hop, then second hop).
+        With ``vectors_for_top``, the first that-many hits of each list may carry their
+        stored dense vector (saves a :meth:`dense_vectors` round trip; Edge does it)."""
+        specs = [
+            dataclasses.replace(self._spec(tenant, scopes, v, text, limit, None), vectors_for_top=vectors_for_top)
+            for v, text, limit in queries
+        ]
         return await self._search_batch(specs, known or {})
 
     def _spec(

@@ -171,6 +171,13 @@ class EdgeSemanticStore(SemanticStore):
             ids: list[qe.PointId] = list({cid for points in scored for cid, _ in points} - known_set)
             records = shard.retrieve(ids, with_payload=True, with_vector=False) if ids else []
             payloads = {str(r.id): r.payload or {} for r in records}
+            tops: list[qe.PointId] = list(
+                {cid for spec, points in zip(specs, scored) for cid, _ in points[: spec.vectors_for_top]} - known_set
+            )
+            vectors = {
+                str(r.id): list(cast(dict[str, list[float]], r.vector or {}).get(DENSE, []))
+                for r in (shard.retrieve(tops, with_payload=False, with_vector=[DENSE]) if tops else [])
+            }
             decoded: dict[str, SemanticHit] = {}
             out: list[list[PointHit]] = []
             for points in scored:
@@ -184,7 +191,7 @@ class EdgeSemanticStore(SemanticStore):
                         payload = payloads.get(cid)
                         if payload is None:
                             continue  # deleted between the search and the retrieve
-                        hit = decoded[cid] = hit_from_payload(cid, score, payload)
+                        hit = decoded[cid] = hit_from_payload(cid, score, payload, vectors.get(cid) or None)
                     hits.append((cid, score, hit))
                 out.append(hits)
             return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -179,9 +179,19 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runti
 
     query = "Which city is my sister moving to?"
     one_hop = await _retrieve(runtime, RetrievalConfig(pool=3), query, scopes)
+    fetched: list[list[str]] = []
+    dense_vectors = runtime.semantic.dense_vectors
+
+    async def counted(ids: Sequence[str]) -> dict[str, list[float]]:
+        fetched.append(list(ids))
+        return await dense_vectors(ids)
+
+    runtime.semantic.dense_vectors = counted  # type: ignore[method-assign]
     two_hop = await _retrieve(
         runtime, RetrievalConfig(pool=3, second_hop=3, second_hop_vector=hop_vector), query, scopes
     )
+    # "mix" needs the hits' stored vectors: they came with the first search (no extra call).
+    assert fetched == []
     lease = f"{run}-acme-24"
     assert f"{run}-acme-21" in {h.chunk.event_id for h in one_hop}
     assert lease not in {h.chunk.event_id for h in one_hop}

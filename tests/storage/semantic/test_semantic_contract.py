@@ -175,3 +175,22 @@ async def test_dense_vectors_returns_the_stored_vectors(store: SemanticStore) ->
     for item in (items[0], items[2]):
         norm = sum(x * x for x in item.vector) ** 0.5  # cosine collections store unit vectors
         assert got[item.chunk.chunk_id] == pytest.approx([x / norm for x in item.vector], abs=1e-5)
+
+
+async def test_vectors_for_top_are_the_stored_vectors_when_given(store: SemanticStore) -> None:
+    rng = random.Random(8)
+    items = [make_chunk(f"vector note {i}", rand_vector(rng), source_id=f"ev-t{i}") for i in range(12)]
+    await store.upsert(items)
+    by_id = {i.chunk.chunk_id: i for i in items}
+    (hybrid, dense) = await store.search_batch(
+        "acme", ["session:1"], [(items[0].vector, "vector note", 10), (items[0].vector, "", 10)], vectors_for_top=3
+    )
+    carried = [h for h in hybrid + dense if h.vector is not None]
+    if type(store).__name__ != "ServerSemanticStore":  # Edge sends them; the server leaves it to dense_vectors
+        assert {h.chunk.chunk_id for h in hybrid[:3] + dense[:3]} <= {h.chunk.chunk_id for h in carried}
+    for hit in carried:
+        source = by_id[hit.chunk.chunk_id].vector
+        norm = sum(x * x for x in source) ** 0.5
+        assert hit.vector == pytest.approx([x / norm for x in source], abs=1e-5)
+    plain = await store.search_batch("acme", ["session:1"], [(items[0].vector, "vector note", 10)])
+    assert all(h.vector is None for h in plain[0])
