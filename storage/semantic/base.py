@@ -105,23 +105,26 @@ def hit_from_payload(
     return SemanticHit(chunk_from_payload(point_id, payload), score, str(payload["model"]), vector)
 
 
-# A search result before the caller's known hits are filled in: (chunk id, score, the
-# decoded hit, or None when the caller already holds that chunk).
-PointHit = tuple[str, float, "SemanticHit | None"]
+# A search result as the engine gives it: (chunk id, score, stored payload or None when
+# the caller already holds that chunk, stored dense vector when asked for). Plain data, so
+# it crosses a process boundary cheaply (pickling decoded chunks costs ~30 us each).
+PointHit = tuple[str, float, "dict[str, Any] | None", "list[float] | None"]
 
 
 def with_known(results: Sequence[Sequence[PointHit]], known: Mapping[str, SemanticHit]) -> list[list[SemanticHit]]:
-    """Hits of :meth:`search_points`-style results, known chunks reused with their new score."""
+    """Hits of :meth:`search_points`-style results: each payload decoded once, known chunks
+    reused with their new score."""
+    decoded: dict[str, SemanticHit] = {}
     out: list[list[SemanticHit]] = []
     for points in results:
         hits: list[SemanticHit] = []
-        for cid, score, hit in points:
-            if hit is not None:
-                hits.append(hit if hit.score == score else SemanticHit(hit.chunk, score, hit.model, hit.vector))
-            else:
-                seen = known.get(cid)
-                if seen is not None:
-                    hits.append(SemanticHit(seen.chunk, score, seen.model))
+        for cid, score, payload, vector in points:
+            seen = decoded.get(cid) or known.get(cid)
+            if seen is None:
+                if payload is None:
+                    continue  # neither sent nor known: nothing to show
+                seen = decoded[cid] = hit_from_payload(cid, score, payload, vector)
+            hits.append(seen if seen.score == score else SemanticHit(seen.chunk, score, seen.model, seen.vector))
         out.append(hits)
     return out
 

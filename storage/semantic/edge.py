@@ -41,7 +41,6 @@ from storage.semantic.base import (
     SemanticStore,
     chunk_from_payload,
     chunk_payload,
-    hit_from_payload,
     with_known,
 )
 from storage.semantic.exceptions import (
@@ -153,9 +152,9 @@ class EdgeSemanticStore(SemanticStore):
         return with_known(await self.search_points(specs, known.keys()), known)
 
     async def search_points(self, specs: Sequence[SearchSpec], known_ids: Collection[str]) -> list[list[PointHit]]:
-        """The searches as (chunk id, score, hit) lists; ``hit`` is None for ids in
-        ``known_ids`` (their payload is neither fetched nor decoded), and one decoded hit
-        object is shared by every list it appears in."""
+        """The searches as plain rows (see :data:`PointHit`): payloads of the hits not in
+        ``known_ids`` fetched once (a payload in several lists is one object), vectors of
+        each list's first ``spec.vectors_for_top`` hits."""
         requests = [_query_request(spec) for spec in specs]
         known_set = known_ids if isinstance(known_ids, (set, frozenset)) else set(known_ids)
 
@@ -167,7 +166,7 @@ class EdgeSemanticStore(SemanticStore):
             scored = [[(str(p.id), p.score) for p in points] for points in results]
             # Payloads in one retrieve of the hits not known yet (not with the queries:
             # a query returning payloads costs about as much as the retrieve, and
-            # would decode the known ones again).
+            # would fetch the known ones again).
             ids: list[qe.PointId] = list({cid for points in scored for cid, _ in points} - known_set)
             records = shard.retrieve(ids, with_payload=True, with_vector=False) if ids else []
             payloads = {str(r.id): r.payload or {} for r in records}
@@ -178,23 +177,12 @@ class EdgeSemanticStore(SemanticStore):
                 str(r.id): list(cast(dict[str, list[float]], r.vector or {}).get(DENSE, []))
                 for r in (shard.retrieve(tops, with_payload=False, with_vector=[DENSE]) if tops else [])
             }
-            decoded: dict[str, SemanticHit] = {}
-            out: list[list[PointHit]] = []
-            for points in scored:
-                hits: list[PointHit] = []
-                for cid, score in points:
-                    if cid in known_set:
-                        hits.append((cid, score, None))
-                        continue
-                    hit = decoded.get(cid)
-                    if hit is None:
-                        payload = payloads.get(cid)
-                        if payload is None:
-                            continue  # deleted between the search and the retrieve
-                        hit = decoded[cid] = hit_from_payload(cid, score, payload, vectors.get(cid) or None)
-                    hits.append((cid, score, hit))
-                out.append(hits)
-            return out
+            # A hit deleted between the search and the retrieve has no payload: left out.
+            return [
+                [(cid, score, payloads.get(cid), vectors.get(cid) or None)
+                 for cid, score in points if cid in known_set or cid in payloads]
+                for points in scored
+            ]
 
         return await self._run(search)
 
