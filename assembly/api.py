@@ -3,6 +3,7 @@ metrics and a per-scope view of the tiers."""
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -31,9 +32,15 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
             # Process-wide: the API's requests wait on worker threads (see ApiSettings).
             previous = sys.getswitchinterval()
             sys.setswitchinterval(runtime.settings.api.switch_interval_ms / 1000)
+            # The ~300k objects of start-up (libraries, model sessions, clients) live as long
+            # as the process: out of the collector's sight, a full collection no longer walks
+            # them (~200 ms on these machines: the stalls behind the p99 at 20 req/s).
+            gc.collect()
+            gc.freeze()
             try:
                 yield
             finally:
+                gc.unfreeze()
                 sys.setswitchinterval(previous)
 
     api = FastAPI(title="ctxpipe", version="0.1.0", lifespan=lifespan)

@@ -227,13 +227,20 @@ async def build_corpus(settings: Settings, args: argparse.Namespace) -> dict[str
 
 async def embed_capacity(settings: Settings) -> None:
     """The query-embedding path alone (no HTTP, no tiers), side by side: one query at a
-    time, and 256 distinct queries at once through the micro-batcher (batch 1 vs 32)."""
+    time, and 256 distinct queries at once through the micro-batcher (batch 1 vs 32), for
+    the full-precision ONNX model, the int8 copy the API uses for queries, and torch."""
     from assembly.query_embedder import QueryEmbedder
+    from processors.embedding import make_query_embedder
 
     rng = random.Random(3)
+    onnx = make_embedder(settings.embedding.model_copy(update={"runtime": "onnx"}))
+    models = {
+        "onnx": onnx,
+        "int8": make_query_embedder(settings.embedding.model_copy(update={"query_precision": "int8"}), onnx),
+        "torch": make_embedder(settings.embedding.model_copy(update={"runtime": "torch"})),
+    }
     print("query embedding alone      single p50 ms   256 concurrent: queries/s")
-    for runtime in ("onnx", "torch"):
-        model = make_embedder(settings.embedding.model_copy(update={"runtime": runtime}))
+    for name, model in models.items():
         model.embed(["warm up"])
         singles: list[float] = []
         for _ in range(50):
@@ -247,7 +254,7 @@ async def embed_capacity(settings: Settings) -> None:
             await asyncio.gather(*(qe.embed(q) for q in queries))
             rate = len(queries) / (time.perf_counter() - t0)
             await qe.aclose()
-            print(f"  {runtime:5s} max_batch {max_batch:2d}       {sorted(singles)[25]:6.1f}          {rate:7.0f}",
+            print(f"  {name:5s} max_batch {max_batch:2d}       {sorted(singles)[25]:6.1f}          {rate:7.0f}",
                   flush=True)
 
 
@@ -413,12 +420,16 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--steps", type=lambda s: [float(x) for x in s.split(",")], default=[30, 50, 75, 100, 150, 200])
     ap.add_argument("--step-duration", type=float, default=10.0)
+    ap.add_argument("--embed-only", action="store_true", help="only the query-embedding comparison")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--loop", default="uvloop", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         serve(args.port, args.loop)
+        return
+    if args.embed_only:
+        asyncio.run(embed_capacity(Settings()))
         return
     configs = args.configs.split(",")
     unknown = set(configs) - set(CONFIGS)

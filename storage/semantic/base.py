@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -292,3 +292,20 @@ class SemanticStore(AsyncCloseable):
 def _check_tenant(tenant: str) -> None:
     if not tenant:
         raise SemanticQueryError("a tenant is required")
+
+
+class PointSearchStore(SemanticStore):
+    """A backend whose searches come back as plain :data:`PointHit` rows (Edge, in this
+    process or in its child): the rows are decoded here, in the caller's process."""
+
+    @abstractmethod
+    async def search_points(self, specs: Sequence[SearchSpec], known_ids: Collection[str]) -> list[list[PointHit]]:
+        """One list of rows per spec; ids in ``known_ids`` come without their payload."""
+
+    async def _search(self, spec: SearchSpec) -> list[SemanticHit]:
+        return (await self._search_batch([spec], {}))[0]
+
+    async def _search_batch(
+        self, specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]
+    ) -> list[list[SemanticHit]]:
+        return with_known(await self.search_points(specs, known.keys()), known)

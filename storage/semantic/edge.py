@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
@@ -36,12 +36,10 @@ from storage.semantic.base import (
     RRF_K,
     SPARSE,
     PointHit,
+    PointSearchStore,
     SearchSpec,
-    SemanticHit,
-    SemanticStore,
     chunk_from_payload,
     chunk_payload,
-    with_known,
 )
 from storage.semantic.exceptions import (
     SemanticSchemaError,
@@ -70,7 +68,7 @@ def _edge_config(dimension: int) -> qe.EdgeConfig:
     )
 
 
-class EdgeSemanticStore(SemanticStore):
+class EdgeSemanticStore(PointSearchStore):
     def __init__(
         self,
         shard: qe.EdgeShard,
@@ -142,14 +140,6 @@ class EdgeSemanticStore(SemanticStore):
             must=[_eq("tenant", tenant), _eq("source_id", source_id)], must_not=must_not
         )
         await self._run(lambda s: s.update(qe.UpdateOperation.delete_points_by_filter(flt)))
-
-    async def _search(self, spec: SearchSpec) -> list[SemanticHit]:
-        return (await self._search_batch([spec], {}))[0]
-
-    async def _search_batch(
-        self, specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]
-    ) -> list[list[SemanticHit]]:
-        return with_known(await self.search_points(specs, known.keys()), known)
 
     async def search_points(self, specs: Sequence[SearchSpec], known_ids: Collection[str]) -> list[list[PointHit]]:
         """The searches as plain rows (see :data:`PointHit`): payloads of the hits not in

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import socket
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ async def _serve(fd: int, path: Path, dimension: int) -> None:
         await writer.drain()
         writer.close()
         return
+    # Start-up objects live as long as the child: frozen out of the collector, a full
+    # collection does not stall every search in flight (as in the API process).
+    gc.collect()
+    gc.freeze()
     writer.write(frame((True, None)))
     tasks: set[asyncio.Task[None]] = set()
 

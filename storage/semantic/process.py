@@ -31,13 +31,13 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 from processors.types import Chunk, EmbeddedChunk
 from storage.semantic import exceptions as errors
-from storage.semantic.base import PointHit, SearchSpec, SemanticHit, SemanticStore, with_known
+from storage.semantic.base import PointHit, PointSearchStore, SearchSpec
 from storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _rebuild(name: str, message: str) -> errors.SemanticStoreError:
     return errors.SemanticStoreError(f"{name}: {message}")
 
 
-class EdgeProcessStore(SemanticStore):
+class EdgeProcessStore(PointSearchStore):
     def __init__(
         self,
         proc: subprocess.Popen[bytes],
@@ -189,14 +189,6 @@ class EdgeProcessStore(SemanticStore):
 
     async def _delete_source(self, tenant: str, source_id: str, keep_version: int | None) -> None:
         await self._call("_delete_source", tenant, source_id, keep_version)
-
-    async def _search(self, spec: SearchSpec) -> list[SemanticHit]:
-        return (await self._search_batch([spec], {}))[0]
-
-    async def _search_batch(
-        self, specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]
-    ) -> list[list[SemanticHit]]:
-        return with_known(await self.search_points(specs, known.keys()), known)
 
     async def search_points(self, specs: Sequence[SearchSpec], known_ids: Collection[str]) -> list[list[PointHit]]:
         result: list[list[PointHit]] = await self._call("search_points", list(specs), set(known_ids))
