@@ -35,12 +35,15 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
             # The ~300k objects of start-up (libraries, model sessions, clients) live as long
             # as the process: out of the collector's sight, a full collection no longer walks
             # them (~200 ms on these machines: the stalls behind the p99 at 20 req/s).
-            gc.collect()
-            gc.freeze()
+            freeze = runtime.settings.api.gc_freeze
+            if freeze:
+                gc.collect()
+                gc.freeze()
             try:
                 yield
             finally:
-                gc.unfreeze()
+                if freeze:
+                    gc.unfreeze()
                 sys.setswitchinterval(previous)
 
     api = FastAPI(title="ctxpipe", version="0.1.0", lifespan=lifespan)

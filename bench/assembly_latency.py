@@ -83,6 +83,8 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-fp32q": {"embedding": {"runtime": "onnx", "query_precision": "fp32"}},
     # Python's default GIL switch interval (5 ms) instead of the API's 1 ms.
     "onnx-switch5": {"embedding": {"runtime": "onnx"}, "api": {"switch_interval_ms": 5.0}},
+    # No gc.freeze() of the start-up objects in the API process.
+    "onnx-nofreeze": {"embedding": {"runtime": "onnx"}, "api": {"gc_freeze": False}},
     # Qdrant Edge inside the server process instead of its child process.
     "onnx-inproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": False}},
     # All three of the above at once: the service's settings before they existed.

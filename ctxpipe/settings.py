@@ -140,6 +140,9 @@ class ApiSettings(_Group):
     # waits for them; with 5 ms a finished thread can wait that long for the GIL behind
     # the event loop. bench/assembly_latency.py (config onnx-switch5) compares.
     switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
+    # Freeze the objects of start-up out of the garbage collector once the API is up (a
+    # full collection walking them stalled every request in flight ~200 ms here).
+    gc_freeze: bool = True
 
 
 class AssemblySettings(_Group):
