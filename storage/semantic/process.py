@@ -141,7 +141,8 @@ class EdgeProcessStore(PointSearchStore):
 
     async def _call(self, name: str, *args: Any) -> Any:
         if self._failure is not None:
-            raise self._failure
+            # A fresh instance per caller: re-raising one object grows its traceback forever.
+            raise type(self._failure)(str(self._failure))
         if self._closed or (self._closing and name != "aclose"):
             raise errors.SemanticStoreClosed(f"the Edge store at {self.path} is closed")
         call_id = next(self._ids)
