@@ -103,9 +103,10 @@ class EdgeProcessStore(PointSearchStore):
         path = Path(path)
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        # The child imports this project exactly as the parent does (benches and tests
-        # put the checkout on sys.path themselves).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        # The child imports this very checkout (the one this module came from) first, then
+        # what the parent can import.
+        here = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([here, *(p for p in sys.path if p and p != here)])
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "storage.semantic.edge_child", "--fd", str(theirs.fileno()),
