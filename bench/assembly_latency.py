@@ -85,9 +85,11 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-switch5": {"embedding": {"runtime": "onnx"}, "api": {"switch_interval_ms": 5.0}},
     # No gc.freeze() of the start-up objects in the API process.
     "onnx-nofreeze": {"embedding": {"runtime": "onnx"}, "api": {"gc_freeze": False}},
-    # Qdrant Edge inside the server process instead of its child process.
+    # Qdrant Edge in a child process of the server (CTX_QDRANT__EDGE_PROCESS=true).
+    "onnx-edgeproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": True}},
+    # Qdrant Edge inside the server process (the default).
     "onnx-inproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": False}},
-    # All three of the above at once: the service's settings before they existed.
+    # The three of these at once: the service's settings before they existed.
     "onnx-before": {"embedding": {"runtime": "onnx", "query_precision": "fp32"},
                     "api": {"switch_interval_ms": 5.0}, "qdrant": {"edge_process": False}},
 }

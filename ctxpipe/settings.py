@@ -77,9 +77,11 @@ class QdrantSettings(_Group):
     # through qdrant-client, the scale-out path.
     mode: Literal["edge", "server"] = "edge"
     edge_path: Path = PROJECT_ROOT / ".stack" / "data" / "qdrant-edge"
-    # Edge runs in a child process (storage.semantic.process): the engine holds the GIL
-    # while it works, so in-process it would stall the event loop. False: in-process.
-    edge_process: bool = True
+    # True: Edge runs in a child process (storage.semantic.process); the engine holds the
+    # GIL while it works, so in-process it stalls the event loop (bench/assembly_latency.py
+    # config onnx-edgeproc: ~2x the saturated rate). Off by default until an intermittent
+    # test-suite hang seen with it on (2 of 4 full runs) is explained.
+    edge_process: bool = False
     url: str = "http://127.0.0.1:6333"
     api_key: SecretStr | None = None
     collection: str = "context_chunks"

@@ -36,10 +36,10 @@ async def _serve(fd: int, path: Path, dimension: int) -> None:
         try:
             if name not in CALLS:
                 raise errors.SemanticStoreError(f"unknown call {name!r}")
-            reply = (call_id, True, await getattr(store, name)(*args))
-        except Exception as exc:  # every failure goes back to the caller that asked
-            reply = (call_id, False, error_of(exc))
-        writer.write(frame(reply))
+            body = frame((call_id, True, await getattr(store, name)(*args)))
+        except Exception as exc:  # every failure (pickling the answer too) goes back to the caller
+            body = frame((call_id, False, error_of(exc)))
+        writer.write(body)
 
     try:
         while True:

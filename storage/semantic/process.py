@@ -1,4 +1,4 @@
-"""Qdrant Edge in a child process: the default way this project runs Edge.
+"""Qdrant Edge in a child process (``CTX_QDRANT__EDGE_PROCESS=true``).
 
 Why: ``qdrant-edge-py`` holds the GIL while it searches and writes (two threads querying
 one shard run 1.06x one thread), so in the API's process every millisecond of engine

@@ -109,18 +109,18 @@ async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
         await store.count("acme")
 
 
-async def test_factory_opens_edge_in_a_child_process_by_default(tmp_path: Path) -> None:
-    store = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge"), DIM)
-    try:
-        assert isinstance(store, EdgeProcessStore)
-        assert store.path == tmp_path / "edge"
-    finally:
-        await store.aclose()
-    inline = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge", edge_process=False), DIM)
+async def test_factory_opens_edge_in_process_or_in_a_child_process(tmp_path: Path) -> None:
+    inline = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge"), DIM)
     try:
         assert isinstance(inline, EdgeSemanticStore)
+        assert inline.path == tmp_path / "edge"
     finally:
         await inline.aclose()
+    store = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge", edge_process=True), DIM)
+    try:
+        assert isinstance(store, EdgeProcessStore)
+    finally:
+        await store.aclose()
 
 
 async def test_process_store_keeps_the_lock_and_the_data_across_reopen(tmp_path: Path) -> None:
