@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -23,7 +24,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
@@ -263,6 +264,21 @@ def _onnx_fingerprint(model_path: Path, max_seq: int) -> str:
     return h.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _replacing(target: Path, what: str) -> Iterator[Path]:
+    """A temporary path next to ``target`` that becomes ``target`` by rename once the block
+    wrote it, so a concurrent process never loads half a file; any failure is a
+    :class:`ModelLoadError` saying ``what`` failed, and leaves no temporary file."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except Exception as exc:
+        raise ModelLoadError(f"{what} failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _quantize_onnx(source: Path, target: Path) -> None:
     """An int8 copy of the exported graph: dynamic quantization (weights int8, one scale
     per output channel; activations quantized at run time). Per-channel scales keep the
@@ -272,14 +288,8 @@ def _quantize_onnx(source: Path, target: Path) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ModelLoadError(f"quantizing {source} needs onnxruntime's quantization tools: {exc}") from exc
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
+    with _replacing(target, f"quantizing {source} to int8") as tmp:
         quantize_dynamic(str(source), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
-        os.replace(tmp, target)
-    except Exception as exc:
-        raise ModelLoadError(f"quantizing {source} to int8 failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _export_onnx(model_path: Path, target: Path, threads: int) -> None:
@@ -311,8 +321,7 @@ def _export_onnx(model_path: Path, target: Path, threads: int) -> None:
             return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
+    with _replacing(target, f"exporting {model_path} to ONNX") as tmp:
         with warnings.catch_warnings():
             # The tracer's advisories (advanced indexing, deprecations) are not actionable here.
             warnings.simplefilter("ignore")
@@ -331,11 +340,6 @@ def _export_onnx(model_path: Path, target: Path, threads: int) -> None:
                     opset_version=_ONNX_OPSET,
                     dynamo=False,
                 )
-        os.replace(tmp, target)
-    except Exception as exc:
-        raise ModelLoadError(f"exporting {model_path} to ONNX failed: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class OnnxEmbedder:

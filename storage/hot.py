@@ -130,30 +130,9 @@ end
 return #dead
 """
 
-# KEYS: zset, data.  ARGV: limit (0 = all).  One script so a concurrent trim cannot
-# remove data between reading the order and reading the items.
-_READ_LUA: Final = """
-local limit = tonumber(ARGV[1])
-local m
-if limit > 0 then
-  m = redis.call('ZRANGE', KEYS[1], -limit, -1)
-else
-  m = redis.call('ZRANGE', KEYS[1], 0, -1)
-end
-local out = {}
-for j = 1, #m, 1000 do
-  local vals = redis.call('HMGET', KEYS[2], unpack(m, j, math.min(j + 999, #m)))
-  for _, v in ipairs(vals) do
-    if v then out[#out + 1] = v end
-  end
-end
-return out
-"""
-
-# KEYS: items and data of the main scope, then facts, data, meta of each scope.
-# ARGV: recent limit (0 = all).  The assembly service's read in one round trip:
-# {recent items, then per scope: {facts, meta as HGETALL}}.
-_VIEW_LUA: Final = """
+# Reads a capped zset's newest ``limit`` members (0 = all) and their data, in one script
+# so a concurrent trim cannot remove data between reading the order and reading the items.
+_READ_FN: Final = """
 local function read(zset, data, limit)
   local m
   if limit > 0 then
@@ -170,6 +149,15 @@ local function read(zset, data, limit)
   end
   return out
 end
+"""
+
+# KEYS: zset, data.  ARGV: limit (0 = all).
+_READ_LUA: Final = _READ_FN + "return read(KEYS[1], KEYS[2], tonumber(ARGV[1]))\n"
+
+# KEYS: items and data of the main scope, then facts, data, meta of each scope.
+# ARGV: recent limit (0 = all).  The assembly service's read in one round trip:
+# {recent items, then per scope: {facts, meta as HGETALL}}.
+_VIEW_LUA: Final = _READ_FN + """
 local out = {read(KEYS[1], KEYS[2], tonumber(ARGV[1]))}
 for k = 3, #KEYS, 3 do
   out[#out + 1] = {read(KEYS[k], KEYS[k + 1], 0), redis.call('HGETALL', KEYS[k + 2])}

@@ -13,7 +13,6 @@ ever scored, fused or returned.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from abc import abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -206,10 +205,7 @@ class SemanticStore(AsyncCloseable):
         the payload again (the request path searches twice: first hop, then second hop).
         With ``vectors_for_top``, the first that-many hits of each list may carry their
         stored dense vector (saves a :meth:`dense_vectors` round trip; Edge does it)."""
-        specs = [
-            dataclasses.replace(self._spec(tenant, scopes, v, text, limit, None), vectors_for_top=vectors_for_top)
-            for v, text, limit in queries
-        ]
+        specs = [self._spec(tenant, scopes, v, text, limit, None, vectors_for_top) for v, text, limit in queries]
         return await self._search_batch(specs, known or {})
 
     def _spec(
@@ -220,6 +216,7 @@ class SemanticStore(AsyncCloseable):
         query_text: str,
         limit: int,
         kinds: Sequence[EventKind | str] | None,
+        vectors_for_top: int = 0,
     ) -> SearchSpec:
         _check_tenant(tenant)
         if isinstance(scopes, str) or not scopes or not all(scopes):
@@ -236,6 +233,7 @@ class SemanticStore(AsyncCloseable):
             limit=limit,
             prefetch_limit=max(limit * 4, 50),
             kinds=[str(k) for k in kinds] if kinds else None,
+            vectors_for_top=vectors_for_top,
         )
 
     async def count(self, tenant: str, scope: str | None = None) -> int:
