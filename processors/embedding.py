@@ -374,7 +374,7 @@ class OnnxEmbedder:
         self._max_seq = _max_seq_length(self._path)
         _check_mean_pooling(self._path)
         self._threads = threads if threads is not None else default_torch_threads()
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.model_name)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.settings.model_name)
         # The full-precision export; the int8 copy sits next to it.
         self.onnx_path: Path = self.settings.onnx_dir / f"{safe}-{_onnx_fingerprint(self._path, self._max_seq)}.onnx"
         self.run_path: Path = self.onnx_path if precision == "fp32" else self.onnx_path.with_suffix(f".{precision}.onnx")

@@ -167,7 +167,7 @@ def test_int8_query_model_stays_close_to_the_full_vectors_and_ranks_alike() -> N
     int8 = make_query_embedder(EmbeddingSettings(query_precision="int8"), full)
     assert isinstance(int8, OnnxEmbedder) and int8.precision == "int8"
     assert int8.model_name == f"{full.model_name}@int8"  # no cache can mix the two
-    assert int8.run_path != full.run_path
+    assert int8.run_path != full.run_path and int8.onnx_path == full.onnx_path  # one fp32 export
     queries = [
         "what did we decide about the Q3 marketing budget?",
         "who fixed the mobile app crash on login and when?",
