@@ -32,6 +32,7 @@ import qdrant_edge as qe
 from processors.types import Chunk, EmbeddedChunk
 from storage.semantic.base import (
     DENSE,
+    DOC,
     KEYWORD_INDEXES,
     RRF_K,
     SPARSE,
@@ -158,8 +159,7 @@ class EdgeSemanticStore(PointSearchStore):
             # a query returning payloads costs about as much as the retrieve, and
             # would fetch the known ones again).
             ids: list[qe.PointId] = list({cid for points in scored for cid, _ in points} - known_set)
-            records = shard.retrieve(ids, with_payload=True, with_vector=False) if ids else []
-            payloads = {str(r.id): r.payload or {} for r in records}
+            payloads = _docs(shard, ids)
             tops: list[qe.PointId] = list(
                 {cid for spec, points in zip(specs, scored) for cid, _ in points[: spec.vectors_for_top]} - known_set
             )
@@ -240,6 +240,24 @@ def _query_request(spec: SearchSpec) -> qe.QueryRequest:
         filter=flt,
         with_payload=False,
     )
+
+
+def _docs(shard: qe.EdgeShard, ids: list[qe.PointId]) -> dict[str, str | dict[str, Any]]:
+    """The stored chunk of each existing point: its ``doc`` string, or the whole payload
+    of a point written before ``doc`` existed."""
+    if not ids:
+        return {}
+    out: dict[str, str | dict[str, Any]] = {}
+    legacy: list[qe.PointId] = []
+    for r in shard.retrieve(ids, with_payload=[DOC], with_vector=False):
+        doc = (r.payload or {}).get(DOC)
+        if isinstance(doc, str):
+            out[str(r.id)] = doc
+        else:
+            legacy.append(r.id)
+    if legacy:
+        out.update({str(r.id): r.payload or {} for r in shard.retrieve(legacy, with_payload=True, with_vector=False)})
+    return out
 
 
 def _flush_and_close(shard: qe.EdgeShard) -> None:

@@ -23,6 +23,7 @@ from storage.semantic import (
     SemanticStoreUnavailable,
     open_semantic_store,
 )
+from storage.semantic.base import chunk_payload, payload_fields
 
 
 async def test_reopen_reloads_data_and_indexes(tmp_path: Path) -> None:
@@ -107,6 +108,30 @@ async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
     await store.aclose()
     with pytest.raises(SemanticStoreClosed):
         await store.count("acme")
+
+
+async def test_points_stored_before_the_doc_field_are_still_read(tmp_path: Path) -> None:
+    """Payloads written by earlier versions keep every chunk field flat (no ``doc``)."""
+    import qdrant_edge as qe
+
+    rng = random.Random(4)
+    old, new = (make_chunk(f"{w} about zebras", rand_vector(rng), source_id=w) for w in ("old", "new"))
+    flat = {k: v for k, v in payload_fields(chunk_payload(old)).items()}
+    flat["occurred_at"] = old.chunk.occurred_at.timestamp()
+    store = EdgeSemanticStore.open(tmp_path, DIM)
+    try:
+        await store.upsert([new])
+        assert store._shard is not None
+        store._shard.update(qe.UpdateOperation.upsert_points([
+            qe.Point(old.chunk.chunk_id, {"dense": old.vector, "bm25": qe.SparseVector([], [])}, flat)
+        ]))
+        hits = await store.search("acme", ["session:1"], old.vector, "zebras", limit=5)
+        assert {h.chunk.source_id: h.chunk for h in hits} == {"old": old.chunk, "new": new.chunk}
+        assert sorted(await store.get([old.chunk.chunk_id, new.chunk.chunk_id]), key=lambda c: c.source_id) == [
+            new.chunk, old.chunk,
+        ]
+    finally:
+        await store.aclose()
 
 
 async def test_factory_opens_edge_in_process_or_in_a_child_process(tmp_path: Path) -> None:
