@@ -13,9 +13,9 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from assembly.auth import check_tenant, tenant_guard
-from assembly.exceptions import BudgetTooSmallError
+from assembly.exceptions import BudgetTooSmallError, WindowNotFoundError
 from assembly.models import ContextRequest, ContextResponse
-from assembly.reproduce import ReproduceError, load_window
+from assembly.recording import load_window
 from assembly.service import AssemblyService
 from ctxpipe.runtime import Runtime
 
@@ -81,8 +81,8 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
         response, settings, model versions, stream positions). ``?tenant=`` is required."""
         runtime: Runtime = request.app.state.runtime
         try:
-            raw = await load_window(runtime.cold, tenant, trace_id)
-        except ReproduceError as exc:
+            raw = await load_window(runtime.cold, tenant, trace_id, request.app.state.assembly.recorder)
+        except WindowNotFoundError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
         return Response(content=raw, media_type="application/json")
 

@@ -29,3 +29,7 @@ class ClientError(AssemblyError):
         self.status_code = status_code
         self.detail = detail
         self.retriable = status_code >= 500 or status_code == 429
+
+
+class WindowNotFoundError(AssemblyError):
+    """No window was recorded under this trace id for this tenant."""

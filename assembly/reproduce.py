@@ -1,6 +1,6 @@
 """What exactly did the model see for a trace id, and what would it see if rebuilt?
 
-``load_window`` returns the recorded window byte for byte from the cold tier (request,
+``load_window`` (:mod:`assembly.recording`) returns the recorded window byte for byte from the cold tier (request,
 response, settings, model versions and stream positions are all in it). ``rebuild``
 replays the source topic up to the recorded positions into a scratch version (only that
 tenant's records: a window never reads another tenant's data), assembles the recorded
@@ -25,13 +25,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from assembly.models import ContextRequest
+from assembly.recording import load_window
 from assembly.service import AssemblyService
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import AssemblySettings, Settings
 from ctxpipe.versions import BASE_VERSION, VersionRegistry, version_stores
 from processors.chunking import ChunkingSettings
 from processors.embedding import CachedEmbedder, Embedder, make_embedder
-from storage.cold import ColdStore, window_key
+from storage.cold import ColdStore
 from storage.hot import EmbeddingCacheRedis, HotStore
 from storage.semantic.base import SemanticStore
 from streams.replay import Replayer
@@ -39,14 +40,6 @@ from streams.replay import Replayer
 
 class ReproduceError(CtxPipeError):
     """No window was recorded under this trace id for this tenant, or it is unreadable."""
-
-
-async def load_window(cold: ColdStore, tenant: str, trace_id: str) -> bytes:
-    """The stored window record, exactly as written when it was served."""
-    raw = await cold.get_bytes(window_key(tenant, trace_id))
-    if raw is None:
-        raise ReproduceError(f"no window recorded for trace id {trace_id!r} of tenant {tenant!r}")
-    return raw
 
 
 @dataclass(slots=True)

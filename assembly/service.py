@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +25,6 @@ from types import TracebackType
 from typing import Any, Final, Generic, Protocol, Self, TypeVar, cast
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
 from assembly import metrics
 from assembly.anthropic_format import prefix_sha256
@@ -43,12 +41,13 @@ from assembly.window import Hit, Summary, Window, WindowConfig, build_window, mi
 from assembly.summary_source import StoredSummaries
 from assembly.exceptions import BudgetTooSmallError
 from assembly.query_embedder import QueryEmbedder
+from assembly.recording import WindowRecorder, new_trace_id
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import AssemblySettings, Settings
 from processors.embedding import CachedEmbedder, Embedder, make_query_embedder
 from processors.tokens import AnthropicTokenCounter, LocalTokenCounter, TokenCounter
 from processors.types import Chunk
-from storage.cold import ColdStore, window_key
+from storage.cold import ColdStore
 from storage.hot import HotStore
 from storage.hot import Watermark as HotWatermark
 from storage.semantic.base import SemanticStore
@@ -58,8 +57,6 @@ T = TypeVar("T")
 
 _POLL_FIRST_S: Final = 0.01
 _POLL_MAX_S: Final = 0.1
-# Windows stored at a time by the recorder (uploads run in the default thread pool).
-_RECORD_BATCH: Final = 8
 WINDOW_FORMAT_VERSION: Final = 1
 # Stream positions are keyed by partition number; datetimes in UTC end in "Z" (as pydantic writes them).
 _JSON_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
@@ -103,14 +100,6 @@ class _HotData:
     source: TierName = "hot"
 
 
-@dataclass(frozen=True, slots=True)
-class _Record:
-    tenant: str
-    scope: str
-    trace_id: str
-    payload: bytes
-
-
 @dataclass(slots=True)
 class _Wait:
     pending: bool = False
@@ -145,77 +134,6 @@ async def _timed(tier: str, timeout_s: float, work: Awaitable[T]) -> _Fetched[T]
     out.seconds = time.perf_counter() - start
     metrics.TIER_SECONDS.labels(tier=tier, outcome=outcome).observe(out.seconds)
     return out
-
-
-class WindowRecorder:
-    """Stores every window in the cold tier and logs it to the windows topic, off the
-    request path: windows queue up and one background task stores them in batches (at most
-    ``_RECORD_BATCH`` uploads at a time), so a burst of requests
-    does not become a burst of boto3 threads competing with the requests for the GIL.
-    Nothing is dropped; :meth:`drain` waits until everything queued is stored (tests, shutdown)."""
-
-    def __init__(self, cold: ColdStore, settings: Settings) -> None:
-        self._cold = cold
-        self._topic = settings.kafka.windows_topic
-        self._bootstrap = settings.kafka.bootstrap_servers
-        self._producer: AIOKafkaProducer | None = None
-        self._producer_lock = asyncio.Lock()
-        self._queue: asyncio.Queue[_Record] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
-
-    def record(self, tenant: str, scope: str, trace_id: str, payload: bytes) -> None:
-        self._queue.put_nowait(_Record(tenant, scope, trace_id, payload))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._run())
-
-    async def drain(self) -> None:
-        if self._worker is not None and not self._worker.done():
-            await self._queue.join()
-
-    async def aclose(self) -> None:
-        await self.drain()
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while len(batch) < _RECORD_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                await asyncio.gather(*(self._store(r) for r in batch), *(self._log(r) for r in batch))
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
-
-    async def _store(self, r: _Record) -> None:
-        try:
-            await self._cold.put_bytes(window_key(r.tenant, r.trace_id), r.payload, content_type="application/json")
-        except Exception as exc:  # like the Kafka sink: the recording worker must keep going
-            metrics.RECORD_ERRORS.labels(sink="cold").inc()
-            log.warning("window %s not stored in the cold tier: %s", r.trace_id, exc)
-
-    async def _log(self, r: _Record) -> None:
-        try:
-            producer = await self._get_producer()
-            # Sends of one batch go out together (the producer lingers a few ms for company).
-            await producer.send_and_wait(self._topic, value=r.payload, key=f"{r.tenant}/{r.scope}".encode())
-        except Exception as exc:  # a logging sink must never break the service
-            metrics.RECORD_ERRORS.labels(sink="kafka").inc()
-            log.warning("window %s not logged to %s: %r", r.trace_id, self._topic, exc)
-
-    async def _get_producer(self) -> AIOKafkaProducer:
-        async with self._producer_lock:
-            if self._producer is None:
-                producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks=1, linger_ms=5)
-                await producer.start()
-                self._producer = producer
-            return self._producer
 
 
 class AssemblyService:
@@ -306,7 +224,7 @@ class AssemblyService:
         """The window as the JSON the API sends, serialized once: the same bytes are the
         HTTP body and the ``response`` of the window record."""
         start = time.perf_counter()
-        trace_id = uuid.uuid4().hex
+        trace_id = new_trace_id()
         system_prompt = request.system_prompt if request.system_prompt is not None else self.config.system_prompt
         minimum = minimum_budget(system_prompt, self.counter)
         if request.budget_tokens < minimum:

@@ -104,7 +104,8 @@ async def _version_command(args: argparse.Namespace) -> None:
             "events_per_s": round(report.events_per_s, 1), "resumed": report.resumed,
             "switched_from": report.switched_from}).decode())
     elif args.cmd == "reproduce":
-        from assembly.reproduce import load_window, rebuild
+        from assembly.recording import load_window
+        from assembly.reproduce import rebuild
         from storage.cold import ColdStore
 
         if args.rebuild:

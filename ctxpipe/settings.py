@@ -195,6 +195,10 @@ class AssemblySettings(_Group):
     anthropic_model: str = "claude-sonnet-4-5"
     # Store every window in the cold tier and log it to kafka.windows_topic.
     record_windows: bool = True
+    # Windows go to the cold tier in batches, one object per tenant: every record_flush_s,
+    # or sooner when record_batch_max are waiting (assembly/recording.py).
+    record_flush_s: float = Field(default=1.0, gt=0)
+    record_batch_max: int = Field(default=256, gt=0)
 
 
 class SummarizerSettings(_Group):

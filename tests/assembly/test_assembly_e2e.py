@@ -21,13 +21,13 @@ from pydantic import SecretStr
 from assembly.api import create_api
 from assembly.client import AsyncContextClient
 from assembly.exceptions import ClientError
+from assembly.recording import load_window
 from assembly.service import AssemblyService
 from ctxpipe.runtime import Runtime, open_runtime
 from ctxpipe.settings import Settings
 from infra.testing import free_port
 from processors.embedding import HashEmbedder
 from processors.types import Chunk, EmbeddedChunk
-from storage.cold import window_key
 from streams.events import EventKind, EventPosition, Role
 from streams.publisher import Publisher
 
@@ -136,7 +136,7 @@ async def test_context_end_to_end_read_your_writes_and_recording(runtime: Runtim
         assert err.value.status_code == 403
 
         await service.drain()
-        stored = await runtime.cold.get_json(window_key("acme", fresh.trace_id))
+        stored = orjson.loads(await load_window(runtime.cold, "acme", fresh.trace_id))
         assert stored["response"]["trace_id"] == fresh.trace_id
         assert stored["request"]["wait_for"][0]["offset"] == pos.offset
         assert stored["positions"]["applied"]
