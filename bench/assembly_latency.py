@@ -56,13 +56,14 @@ sys.path.insert(0, str(ROOT))
 
 from ctxpipe.settings import Settings, to_env  # noqa: E402
 from infra.testing import free_port, unique  # noqa: E402
-from storage.cold import s3_client  # noqa: E402
 from processors.embedding import make_embedder  # noqa: E402
 from processors.tokens import LocalTokenCounter  # noqa: E402
 from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
 from storage.hot import HotStore  # noqa: E402
 from storage.semantic import EdgeSemanticStore  # noqa: E402
 from streams.events import EventKind, Role  # noqa: E402
+
+from benchkit import remove_run  # noqa: E402
 
 TENANTS = 4
 SCOPES_PER_TENANT = 250
@@ -371,39 +372,6 @@ def saturated(rows: list[dict[str, Any]]) -> tuple[float, float]:
     return max(good, default=0.0), max(closed, default=0.0)
 
 
-async def cleanup(settings: Settings) -> None:
-    import redis.asyncio as aioredis
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    client = aioredis.Redis.from_url(settings.redis.url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i : i + 1000])
-    finally:
-        await client.aclose()
-    ks = settings.kafka
-    admin = AIOKafkaAdminClient(bootstrap_servers=ks.bootstrap_servers)
-    await admin.start()
-    try:
-        mine = {ks.source_topic, ks.dlq_topic, ks.summary_topic, ks.windows_topic} & set(await admin.list_topics())
-        if mine:
-            await admin.delete_topics(sorted(mine))
-    finally:
-        await admin.close()
-    s3 = s3_client(settings.s3)
-    try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3.bucket):
-            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if objects:
-                s3.delete_objects(Bucket=settings.s3.bucket, Delete={"Objects": objects})
-        s3.delete_bucket(Bucket=settings.s3.bucket)
-    except Exception as exc:  # the bucket may never have been created
-        print(f"s3 cleanup: {exc!r}")
-    finally:
-        s3.close()
-
-
 def serve(port: int, loop: str) -> None:
     import uvicorn
 
@@ -465,7 +433,7 @@ def main() -> None:
         for name in configs:
             rows += run_config(name, settings, bodies, args, workdir)
     finally:
-        asyncio.run(cleanup(settings))
+        asyncio.run(remove_run(settings, run))
         shutil.rmtree(workdir, ignore_errors=True)
 
     print("\nconfig          phase              p50 ms   p95 ms   p99 ms   achieved/s  errors  degraded")

@@ -57,7 +57,7 @@ from processors.tokens import LocalTokenCounter  # noqa: E402
 from processors.types import Chunk  # noqa: E402
 from streams.records import RawRecord  # noqa: E402
 
-from benchkit import isolated_settings  # noqa: E402
+from benchkit import isolated_settings, remove_run  # noqa: E402
 
 Strategy = Callable[[Question, int], Awaitable[set[str]]]
 
@@ -273,6 +273,8 @@ async def main() -> None:
             results = await evaluate(strategies, ds.questions, budgets)
             print(f"evaluated in {time.perf_counter() - t0:.1f}s")
             report(results, list(strategies), budgets)
+        if args.data_dir is None:  # kept for reuse only when asked to (--data-dir)
+            await remove_run(settings, run)
 
 
 if __name__ == "__main__":

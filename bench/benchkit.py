@@ -11,8 +11,45 @@ from typing import Any
 from ctxpipe.runtime import open_runtime
 from ctxpipe.settings import Settings
 from processors.embedding import Embedder
+from storage.cold import s3_client
 from streams.publisher import Publisher
 from streams.topics import ensure_topics
+
+
+async def remove_run(settings: Settings, tag: str) -> None:
+    """Delete what one run left in the shared stack: Redis keys under its prefix (versioned
+    prefixes too), Kafka topics whose name contains ``tag``, its S3 bucket. Left behind,
+    they pile up run after run (a broker with a thousand idle partitions, a Redis with
+    hundreds of thousands of keys) and slow later runs down."""
+    import redis.asyncio as aioredis
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = aioredis.Redis.from_url(settings.redis.url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await client.delete(*keys[i : i + 1000])
+    finally:
+        await client.aclose()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        mine = sorted(t for t in await admin.list_topics() if tag in t)
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+    s3 = s3_client(settings.s3)
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3.bucket):
+            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if objects:
+                s3.delete_objects(Bucket=settings.s3.bucket, Delete={"Objects": objects})
+        s3.delete_bucket(Bucket=settings.s3.bucket)
+    except Exception as exc:  # the bucket may never have been created
+        print(f"s3 cleanup: {exc!r}")
+    finally:
+        s3.close()
 
 
 def isolated_settings(base: Settings, tag: str, edge_path: Path, *, prefix: str = "bench") -> Settings:

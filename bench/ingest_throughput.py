@@ -29,7 +29,7 @@ from ctxpipe.settings import Settings  # noqa: E402
 from infra.stack import Stack  # noqa: E402
 from processors.embedding import Embedder, SentenceTransformerEmbedder, make_embedder  # noqa: E402
 
-from benchkit import isolated_settings, live_ingest_rate, make_messages  # noqa: E402
+from benchkit import isolated_settings, live_ingest_rate, make_messages, remove_run  # noqa: E402
 
 
 def raw_rate(model: Embedder, texts: list[str], batch: int) -> float:
@@ -51,18 +51,21 @@ async def main() -> None:
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
         settings = isolated_settings(base, run, Path(tmp) / "edge")
-        events = make_messages(args.events, f"{run}-a")
-        texts = [e["content"] for e in events]
+        try:
+            events = make_messages(args.events, f"{run}-a")
+            texts = [e["content"] for e in events]
 
-        # The model the pipeline runs (the configured runtime), and torch for reference.
-        raw = raw_rate(make_embedder(settings.embedding), texts, settings.kafka.batch_max)
-        torch_raw = raw_rate(SentenceTransformerEmbedder(settings.embedding), texts, settings.kafka.batch_max)
+            # The model the pipeline runs (the configured runtime), and torch for reference.
+            raw = raw_rate(make_embedder(settings.embedding), texts, settings.kafka.batch_max)
+            torch_raw = raw_rate(SentenceTransformerEmbedder(settings.embedding), texts, settings.kafka.batch_max)
 
-        piped = await live_ingest_rate(settings, events)
-        # Same contents, new ids: the ledger lets them through, the cache answers every text.
-        cached = await live_ingest_rate(settings.model_copy(update={"kafka": settings.kafka.model_copy(
-            update={"consumer_group": f"bench-{run}-2", "source_topic": f"bench.events2.{run}"})}),
-            make_messages(args.events, f"{run}-b"))
+            piped = await live_ingest_rate(settings, events)
+            # Same contents, new ids: the ledger lets them through, the cache answers every text.
+            cached = await live_ingest_rate(settings.model_copy(update={"kafka": settings.kafka.model_copy(
+                update={"consumer_group": f"bench-{run}-2", "source_topic": f"bench.events2.{run}"})}),
+                make_messages(args.events, f"{run}-b"))
+        finally:
+            await remove_run(settings, run)
 
     print(f"events: {args.events} short messages, batch {settings.kafka.batch_max}, {os.cpu_count()} cores")
     print(f"raw embedding, runtime '{settings.embedding.runtime}' (model alone): {raw:8.1f} texts/s")

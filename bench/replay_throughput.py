@@ -28,7 +28,7 @@ from infra.stack import Stack  # noqa: E402
 from processors.embedding import Embedder, HashEmbedder, make_embedder  # noqa: E402
 from streams.replay import Replayer  # noqa: E402
 
-from benchkit import isolated_settings, live_ingest_rate, make_messages  # noqa: E402
+from benchkit import isolated_settings, live_ingest_rate, make_messages, remove_run  # noqa: E402
 
 
 async def drop_embedding_cache(settings: Settings) -> None:
@@ -49,14 +49,17 @@ async def main() -> None:
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as tmp:
         settings = isolated_settings(base, run, Path(tmp) / "edge")
-        # The runtime production uses (CTX_EMBEDDING__RUNTIME), loaded before timing starts.
-        model: Embedder = HashEmbedder() if args.model == "hash" else make_embedder(settings.embedding)
-        model.embed(["warm-up"])
-        events = make_messages(args.events, run, salt=f" ({run})")
-        live = await live_ingest_rate(settings, events, model=model)
-        warm = await Replayer(settings, "warm", model=model).run()
-        await drop_embedding_cache(settings)
-        cold = await Replayer(settings, "cold", model=model).run()
+        try:
+            # The runtime production uses (CTX_EMBEDDING__RUNTIME), loaded before timing starts.
+            model: Embedder = HashEmbedder() if args.model == "hash" else make_embedder(settings.embedding)
+            model.embed(["warm-up"])
+            events = make_messages(args.events, run, salt=f" ({run})")
+            live = await live_ingest_rate(settings, events, model=model)
+            warm = await Replayer(settings, "warm", model=model).run()
+            await drop_embedding_cache(settings)
+            cold = await Replayer(settings, "cold", model=model).run()
+        finally:
+            await remove_run(settings, run)
 
     runtime = "hash" if args.model == "hash" else settings.embedding.runtime
     print(f"events: {args.events} short messages (+1 warm-up), model {model.model_name} ({runtime}), {os.cpu_count()} cores")

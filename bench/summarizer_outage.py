@@ -55,7 +55,7 @@ from infra.stack import Stack  # noqa: E402
 from processors.embedding import HashEmbedder  # noqa: E402
 from streams.publisher import Publisher  # noqa: E402
 
-from benchkit import isolated_settings  # noqa: E402
+from benchkit import isolated_settings, remove_run  # noqa: E402
 
 TENANT = "bench"
 _FAKE_SERVER = """
@@ -209,7 +209,10 @@ async def main() -> None:
                 with tempfile.TemporaryDirectory() as tmp:
                     settings = phase_settings(base, run, mode, fake_url, Path(tmp) / "edge")
                     events = make_events(run, args.events, args.scopes)
-                    phase = await run_phase(settings, mode, events, args.scopes, args.requests)
+                    try:
+                        phase = await run_phase(settings, mode, events, args.scopes, args.requests)
+                    finally:
+                        await remove_run(settings, run)
                 phases.append(phase)
                 print(f"{mode:8s} {phase.events_per_s:8.1f} ev/s  assemble p50 {phase.p50_ms:6.1f} ms "
                       f"p95 {phase.p95_ms:6.1f} ms  summaries {phase.summaries} (dropped triggers {phase.dropped}, "

@@ -11,8 +11,10 @@ partitions and worker processes.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -25,9 +27,12 @@ from streams.records import RawRecord
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: KafkaSettings, pipeline: IngestPipeline) -> faust.App:
+def create_app(settings: KafkaSettings, pipeline: IngestPipeline, datadir: Path) -> faust.App:
     app = faust.App(
         settings.consumer_group,
+        # Faust creates its data folder even for in-memory tables (the default is
+        # "<app id>-data" in the working directory).
+        datadir=str(datadir),
         broker=f"kafka://{settings.bootstrap_servers}",
         value_serializer="raw",
         key_serializer="raw",
@@ -74,6 +79,7 @@ def _to_record(event: Any) -> RawRecord:
 async def running_app(settings: KafkaSettings, pipeline: IngestPipeline) -> AsyncIterator[faust.App]:
     """Run the faust app on the current loop. The source topic must exist (an agent on a
     missing topic subscribes to nothing): ``open_runtime`` creates the topics first."""
-    app = create_app(settings, pipeline)
-    async with faust_app_running(app, stop_timeout=30):
-        yield app
+    with tempfile.TemporaryDirectory(prefix="ctxpipe-faust-") as datadir:
+        app = create_app(settings, pipeline, Path(datadir))
+        async with faust_app_running(app, stop_timeout=30):
+            yield app
