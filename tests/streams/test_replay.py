@@ -40,7 +40,9 @@ def _fast(settings: Settings) -> Settings:
         update={"poll_interval_s": 0.1, "switch_grace_s": 0.5, "replay_batch_max": 7, "progress_interval_s": 0.0}
     )
     # Generous tier timeouts: a loaded test machine must not pass for a switch problem.
-    assembly = settings.assembly.model_copy(update={"hot_timeout_s": 10.0, "semantic_timeout_s": 10.0})
+    assembly = settings.assembly.model_copy(update={
+        "hot_timeout_s": 10.0, "semantic_timeout_s": 10.0, "summary_timeout_s": 10.0, "cold_timeout_s": 10.0,
+    })
     return settings.model_copy(update={"versions": versions, "assembly": assembly})
 
 
