@@ -167,6 +167,7 @@ class AssemblyService:
             "assembly_settings": self.config.model_dump(mode="json"),
         }
         self._background: set[asyncio.Task[None]] = set()
+        self._warming: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
         await self.warm_up()
@@ -181,7 +182,10 @@ class AssemblyService:
 
     async def warm_up(self) -> None:
         """Load the query model now (the int8 copy is made on first use), so the first
-        request does not pay; when it cannot be loaded, queries use the documents' model."""
+        request does not pay; when it cannot be loaded, queries use the documents' model.
+        The semantic tier's stored chunks are read once in the background."""
+        if self._warming is None and self.settings.qdrant.warm_up_points > 0:
+            self._warming = asyncio.create_task(self._warm_semantic(), name="semantic-warm-up")
         try:
             await asyncio.to_thread(self.query_model.embed, ["warm up"])
         except CtxPipeError as exc:
@@ -195,12 +199,25 @@ class AssemblyService:
             self._queries = self._query_embedder(fallback)
             self._versions["query_embedding_model"] = fallback.model_name
 
+    async def _warm_semantic(self) -> None:
+        start = time.perf_counter()
+        try:
+            n = await self.tiers.semantic.warm_up(self.settings.qdrant.warm_up_points)
+        except CtxPipeError as exc:  # an optimisation: requests work without it
+            log.warning("semantic tier warm-up stopped: %s", exc)
+            return
+        if n:
+            log.info("semantic tier warm-up: %d stored chunks read in %.1fs", n, time.perf_counter() - start)
+
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         await self.drain()
         await self.recorder.aclose()
         await self._queries.aclose()

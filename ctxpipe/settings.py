@@ -82,6 +82,9 @@ class QdrantSettings(_Group):
     # config onnx-edgeproc: ~2x the saturated rate). Off by default until an intermittent
     # test-suite hang seen with it on (2 of 4 full runs) is explained.
     edge_process: bool = False
+    # The API reads up to this many stored chunks once at start-up, in the background
+    # (Edge's first read of a point in a process costs ~2-3x a later one); 0: off.
+    warm_up_points: int = Field(default=1_000_000, ge=0)
     url: str = "http://127.0.0.1:6333"
     api_key: SecretStr | None = None
     collection: str = "context_chunks"

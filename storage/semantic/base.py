@@ -274,6 +274,12 @@ class SemanticStore(AsyncCloseable):
         _check_tenant(tenant)
         return await self._count(tenant, scope)
 
+    async def warm_up(self, max_points: int) -> int:
+        """Read the stored chunks of up to ``max_points`` points once, so the first searches
+        after a start do not pay the engine's first-touch costs; returns how many were read.
+        Backends without such costs read nothing."""
+        return 0
+
     @abstractmethod
     async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
         """The stored dense vectors of these chunks by chunk id (missing ids left out)."""

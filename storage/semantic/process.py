@@ -47,7 +47,7 @@ _START_TIMEOUT_S: Final = 120.0
 _STOP_TIMEOUT_S: Final = 30.0
 # What the parent may call in the child: the engine hooks and the store's own methods.
 CALLS: Final = frozenset(
-    {"_upsert", "_delete_source", "search_points", "_count", "get", "dense_vectors", "optimize", "flush"}
+    {"_upsert", "_delete_source", "search_points", "_count", "get", "dense_vectors", "warm_up", "optimize", "flush"}
 )
 
 
@@ -206,6 +206,9 @@ class EdgeProcessStore(PointSearchStore):
     async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
         result: dict[str, list[float]] = await self._call("dense_vectors", list(chunk_ids))
         return result
+
+    async def warm_up(self, max_points: int) -> int:
+        return int(await self._call("warm_up", max_points))
 
     async def optimize(self) -> bool:
         return bool(await self._call("optimize"))

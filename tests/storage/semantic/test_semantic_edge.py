@@ -134,6 +134,21 @@ async def test_points_stored_before_the_doc_field_are_still_read(tmp_path: Path)
         await store.aclose()
 
 
+@pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "child"])
+async def test_warm_up_reads_at_most_the_points_asked_for(tmp_path: Path, in_child: bool) -> None:
+    rng = random.Random(5)
+    items = [make_chunk(f"note {i}", rand_vector(rng), source_id=f"ev-{i}") for i in range(600)]
+    store = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge", edge_process=in_child), DIM)
+    try:
+        assert await store.warm_up(10) == 0  # an empty shard reads nothing
+        await store.upsert(items)
+        assert await store.warm_up(10_000) == 600  # more than one slice
+        assert await store.warm_up(300) == 300
+        assert await store.warm_up(0) == 0
+    finally:
+        await store.aclose()
+
+
 async def test_factory_opens_edge_in_process_or_in_a_child_process(tmp_path: Path) -> None:
     inline = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge"), DIM)
     try:
