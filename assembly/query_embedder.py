@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
+from ctxpipe.tasks import cancel_and_wait
 from processors.embedding import Embedder
 from processors.exceptions import EmbeddingError
 
@@ -92,11 +93,7 @@ class QueryEmbedder:
         """Stop the dispatcher; queued callers get an EmbeddingError."""
         self._closed = True
         if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            try:
-                await self._dispatcher
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._dispatcher)
             self._dispatcher = None
         self._fail(list(self._futures), EmbeddingError("the query embedder was closed"))
         self._queued.clear()
@@ -141,7 +138,8 @@ class QueryEmbedder:
                 return
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), left)
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
             except TimeoutError:
                 return
 

@@ -26,6 +26,7 @@ before it lost those queued for upload; the windows topic has them.
 from __future__ import annotations
 
 import asyncio
+from contextlib import suppress
 import gzip
 import logging
 import os
@@ -43,6 +44,7 @@ from aiokafka import AIOKafkaProducer
 from assembly import metrics
 from assembly.exceptions import WindowNotFoundError
 from ctxpipe.settings import Settings
+from ctxpipe.tasks import cancel_and_wait
 from storage.cold import ColdStore, window_key
 
 log = logging.getLogger(__name__)
@@ -146,10 +148,8 @@ class WindowRecorder:
 
     async def aclose(self) -> None:
         await self.drain()
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        await cancel_and_wait(self._worker)
+        self._worker = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -159,10 +159,9 @@ class WindowRecorder:
             batch = [await self._queue.get()]
             # Let a batch gather for flush_s (or until drain() asks, or it is full).
             if not self._flush_now.is_set() and self._queue.qsize() < self._batch_max:
-                try:
-                    await asyncio.wait_for(self._flush_now.wait(), self._flush_s)
-                except TimeoutError:
-                    pass
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(self._flush_s):
+                        await self._flush_now.wait()
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

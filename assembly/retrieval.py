@@ -269,10 +269,8 @@ class Retriever:
             return ranked
         wanted = {s: {ch.event_id for ch in heads if ch.scope == s} for s in scopes}
         try:
-            sessions = await asyncio.wait_for(
-                asyncio.gather(*(self._turns(tenant, s, wanted[s], known.get(s)) for s in scopes)),
-                timeout=self.config.neighbour_timeout_s,
-            )
+            async with asyncio.timeout(self.config.neighbour_timeout_s):
+                sessions = await asyncio.gather(*(self._turns(tenant, s, wanted[s], known.get(s)) for s in scopes))
         except (TimeoutError, CtxPipeError, OSError) as exc:
             # Replies are an extra: a slow or dead hot tier must not cost the hits themselves.
             log.warning("replies of retrieved questions skipped: %r", exc)

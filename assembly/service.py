@@ -44,6 +44,7 @@ from assembly.query_embedder import QueryEmbedder
 from assembly.recording import WindowRecorder, new_trace_id
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import AssemblySettings, Settings
+from ctxpipe.tasks import cancel_and_wait
 from processors.embedding import CachedEmbedder, Embedder, make_query_embedder
 from processors.tokens import AnthropicTokenCounter, LocalTokenCounter, TokenCounter
 from processors.types import Chunk
@@ -123,7 +124,8 @@ async def _timed(tier: str, timeout_s: float, work: Awaitable[T]) -> _Fetched[T]
     start = time.perf_counter()
     out: _Fetched[T] = _Fetched(tier)
     try:
-        out.value = await asyncio.wait_for(work, timeout=timeout_s)
+        async with asyncio.timeout(timeout_s):
+            out.value = await work
         outcome = "ok"
     except TimeoutError:
         out.error = f"{tier}: timed out after {timeout_s:g}s"
@@ -215,9 +217,7 @@ class AssemblyService:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._warming is not None:
-            self._warming.cancel()
-            await asyncio.gather(self._warming, return_exceptions=True)
+        await cancel_and_wait(self._warming)
         await self.drain()
         await self.recorder.aclose()
         await self._queries.aclose()
@@ -313,9 +313,8 @@ class AssemblyService:
             reached = True
             try:
                 for topic, parts in want.items():
-                    got = await asyncio.wait_for(
-                        self.tiers.hot.applied_offsets(topic=topic), timeout=self.config.hot_timeout_s
-                    )
+                    async with asyncio.timeout(self.config.hot_timeout_s):
+                        got = await self.tiers.hot.applied_offsets(topic=topic)
                     if topic == source:
                         out.applied = got
                     if any(got.get(p, -1) < off for p, off in parts.items()):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 
 from ctxpipe.errors import CtxPipeError, DependencyUnavailableError
 from ctxpipe.settings import Settings
+from ctxpipe.tasks import cancel_and_wait
 from ctxpipe.versions import ServingWatcher, VersionRegistry, resolve_serving
 from processors.embedding import CachedEmbedder, Embedder, make_embedder
 from processors.tokens import LocalTokenCounter
@@ -106,12 +107,6 @@ def _item(chunk: Any) -> dict[str, Any]:
     }
 
 
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with suppress(asyncio.CancelledError):
-        await task
-
-
 async def _check_reachable(settings: Settings, hot: HotStore) -> None:
     """Fail at start-up with one clear line instead of a driver stack trace later."""
     hint = "start the local stack with `python -m infra up` or fix the CTX_* settings"
@@ -170,7 +165,7 @@ async def open_runtime(
         if worker:
             app = await stack.enter_async_context(running_app(settings.kafka, pipeline))
             lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
-            stack.push_async_callback(_cancel_and_wait, lag_task)
+            stack.push_async_callback(cancel_and_wait, lag_task)
         runtime = Runtime(settings, hot, semantic, cold, embedder, pipeline, app, version=version, summaries=summaries)
         if settings.versions.pinned is None:
             await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))

@@ -7,7 +7,7 @@ import logging
 import signal
 import socket
 from collections.abc import Coroutine
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from typing import Any
 
 import uvicorn
@@ -84,7 +84,6 @@ async def run_worker(settings: Settings) -> None:
         while not stop.is_set():
             if runtime.app is not None and runtime.app.crash_reason is not None:
                 raise RuntimeError(f"ingest agent crashed: {runtime.app.crash_reason}")
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            with suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await stop.wait()

@@ -42,6 +42,7 @@ from redis.exceptions import WatchError
 
 from ctxpipe.errors import CtxPipeError, DependencyUnavailableError
 from ctxpipe.settings import Settings
+from ctxpipe.tasks import cancel_and_wait
 from processors.chunking import ChunkingSettings
 from storage.exceptions import StorageUnavailableError
 from storage.base import AsyncCloseable
@@ -293,12 +294,7 @@ class ServingWatcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for task in list(self._closing):
-            task.cancel()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+        await cancel_and_wait(self._task, *self._closing)
         if self._current is not None:
             await self._current.stack.aclose()
 

@@ -47,6 +47,7 @@ from pydantic import ValidationError
 
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import KafkaSettings, Settings, SummarizerSettings
+from ctxpipe.tasks import cancel_and_wait
 from processors.chunking import ChunkingSettings, chunk_event
 from processors.summarize import ResilientSummarizer, SummaryRecord
 from processors.summarize.prompt import DOCUMENT_PROMPT_VERSION
@@ -460,13 +461,12 @@ class SummaryScheduler:
         self._closed = True
         if self._tasks and self._close_grace_s > 0:
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), timeout=self._close_grace_s)
+                async with asyncio.timeout(self._close_grace_s):
+                    await self._idle.wait()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     async def idle(self) -> None:

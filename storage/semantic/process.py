@@ -35,6 +35,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from ctxpipe.tasks import cancel_and_wait
 from processors.types import Chunk, EmbeddedChunk
 from storage.semantic import exceptions as errors
 from storage.semantic.base import PointHit, PointSearchStore, SearchSpec
@@ -123,7 +124,8 @@ class EdgeProcessStore(PointSearchStore):
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
         try:
-            hello = await asyncio.wait_for(read_frame(reader), _START_TIMEOUT_S)
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                hello = await read_frame(reader)
         except (asyncio.IncompleteReadError, TimeoutError, OSError) as exc:
             writer.close()
             proc.kill()
@@ -227,8 +229,7 @@ class EdgeProcessStore(PointSearchStore):
         finally:
             self._closing = self._closed = True
             self._writer.close()
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+            await cancel_and_wait(self._listener)
             try:
                 await asyncio.to_thread(self._proc.wait, _STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
