@@ -1,8 +1,8 @@
 """Every served window, kept: trace ids, the recorder, and reading a window back.
 
-Each window is logged to the windows topic as it is served and stored in the cold tier in
-**batches**: one gzipped JSON-lines object per tenant and flush (``flush_s``, default 1 s,
-or ``batch_max`` windows), instead of one object per window. An S3 PUT costs the same
+Within ``flush_s`` (default 1 s) of being served, each window is logged to the windows
+topic and stored in the cold tier, there in **batches**: one gzipped JSON-lines object per
+tenant and flush (or per ``batch_max`` windows), instead of one object per window. An S3 PUT costs the same
 whatever its size (in CPU here: ~1.3 ms of boto3 per call, timed by hand; in money on
 AWS: per request), and at a hundred windows a second the per-window PUTs were a tenth of
 the service's CPU.
