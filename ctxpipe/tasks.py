@@ -13,7 +13,10 @@ lost one too.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Final
+
+log = logging.getLogger(__name__)
 
 # How long to wait for a cancelled task before cancelling it again.
 _RETRY_S: Final = 1.0
@@ -27,6 +30,8 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=_RETRY_S)
+        for task in pending:
+            log.warning("task %s still running %ss after it was cancelled: cancelling it again", task.get_name(), _RETRY_S)
     for task in owned:
         if not task.cancelled():
             task.exception()  # retrieved: no "exception was never retrieved" warning
