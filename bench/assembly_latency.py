@@ -1,13 +1,14 @@
 """Assembly latency: POST /v1/context over a 100k-chunk corpus, open-loop load from another
 process, the real query model. Run from the project root with the local stack up:
 
-    python bench/assembly_latency.py [--chunks 100000] [--configs onnx,torch,torch-nobatch]
+    python bench/assembly_latency.py [--chunks 100000] [--configs onnx,onnx-inproc,onnx-before]
 
 What is real and what is synthetic:
 
 * the service is the real one: uvicorn serving ``assembly.api.create_api`` over
   ``open_runtime(worker=False)`` in its own process on 127.0.0.1 (a free port), with
-  Redis (hot), Qdrant Edge (semantic, in the server process), S3 (window records) and
+  Redis (hot), Qdrant Edge (semantic, in a child process of the server; ``onnx-inproc``: in
+  it), S3 (window records) and
   Kafka (window log) of the local stack, every window recorded as in production; on
   uvloop as `ctxpipe serve` runs (config ``onnx-asyncio``: asyncio's own loop, to compare);
 * query embeddings use the real all-MiniLM-L6-v2, through the configured runtime;
@@ -86,9 +87,9 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-switch5": {"embedding": {"runtime": "onnx"}, "api": {"switch_interval_ms": 5.0}},
     # No gc.freeze() of the start-up objects in the API process.
     "onnx-nofreeze": {"embedding": {"runtime": "onnx"}, "api": {"gc_freeze": False}},
-    # Qdrant Edge in a child process of the server (CTX_QDRANT__EDGE_PROCESS=true).
+    # Qdrant Edge in a child process of the server (CTX_QDRANT__EDGE_PROCESS=true, the default).
     "onnx-edgeproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": True}},
-    # Qdrant Edge inside the server process (the default).
+    # Qdrant Edge inside the server process.
     "onnx-inproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": False}},
     # uvicorn's pure-Python HTTP parser instead of httptools.
     "onnx-h11": {"embedding": {"runtime": "onnx"}},

@@ -78,10 +78,9 @@ class QdrantSettings(_Group):
     mode: Literal["edge", "server"] = "edge"
     edge_path: Path = PROJECT_ROOT / ".stack" / "data" / "qdrant-edge"
     # True: Edge runs in a child process (storage.semantic.process); the engine holds the
-    # GIL while it works, so in-process it stalls the event loop (bench/assembly_latency.py
-    # config onnx-edgeproc: ~2x the saturated rate). Off by default until an intermittent
-    # test-suite hang seen with it on (2 of 4 full runs) is explained.
-    edge_process: bool = False
+    # GIL while it works, so in-process it stalls the event loop (bench/assembly_latency.py,
+    # config onnx-inproc for the other way: about half the saturated rate).
+    edge_process: bool = True
     # The API reads up to this many stored chunks once at start-up, in the background
     # (Edge's first read of a point in a process costs ~2-3x a later one); 0: off.
     warm_up_points: int = Field(default=1_000_000, ge=0)

@@ -9,7 +9,7 @@ executor, which blocking S3/boto3 calls share), so a big upsert is cut into slic
 event loop can interleave with. They do **not** release the GIL (measured: two threads
 querying one shard run 1.06x one thread), so engine time still competes with the event
 loop for the interpreter: :mod:`storage.semantic.process` runs this store in a child
-process for that reason (``qdrant.edge_process``).
+process for that reason (``qdrant.edge_process``, the default).
 
 Edge has no background optimizer: points stay in plain (brute-force) segments until
 ``optimize()`` is called. Tenant/scope-filtered searches are served from the payload
