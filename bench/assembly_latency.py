@@ -91,16 +91,12 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-edgeproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": True}},
     # Qdrant Edge inside the server process.
     "onnx-inproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": False}},
-    # uvicorn's pure-Python HTTP parser instead of httptools.
-    "onnx-h11": {"embedding": {"runtime": "onnx"}},
     # The three of these at once: the service's settings before they existed.
     "onnx-before": {"embedding": {"runtime": "onnx", "query_precision": "fp32"},
                     "api": {"switch_interval_ms": 5.0}, "qdrant": {"edge_process": False}},
 }
 # Event loop of the server per config (uvicorn's names); uvloop unless named here.
 LOOPS: dict[str, str] = {"onnx-asyncio": "asyncio"}
-# HTTP parser of the server per config (uvicorn's names); "auto" (httptools) unless named here.
-HTTP: dict[str, str] = {"onnx-h11": "h11"}
 
 TOPICS = [
     "the Kafka consumer lag alert", "the March invoice", "the onboarding checklist", "the Redis memory limit",
@@ -285,12 +281,12 @@ def write_bodies(path: Path, n: int) -> None:
 class Server:
     """The service in its own process (``python bench/assembly_latency.py --serve``)."""
 
-    def __init__(self, settings: Settings, port: int, log: Path, loop: str = "uvloop", http: str = "auto") -> None:
+    def __init__(self, settings: Settings, port: int, log: Path, loop: str = "uvloop") -> None:
         env = {**os.environ, **to_env(settings), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
         self.url = f"http://127.0.0.1:{port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", "--port", str(port), "--loop", loop, "--http", http],
+            [sys.executable, __file__, "--serve", "--port", str(port), "--loop", loop],
             env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
         )
 
@@ -330,7 +326,7 @@ def loadgen(url: str, bodies: Path, mode: str, offset: int, **kw: float) -> dict
 def run_config(name: str, settings: Settings, bodies: Path, args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     groups = {g: getattr(settings, g).model_copy(update=u) for g, u in CONFIGS[name].items()}
     server = Server(settings.model_copy(update=groups), free_port(), workdir / f"server-{name}.log",
-                    LOOPS.get(name, "uvloop"), HTTP.get(name, "auto"))
+                    LOOPS.get(name, "uvloop"))
     rows: list[dict[str, Any]] = []
     offset = 0
 
@@ -377,7 +373,7 @@ def saturated(rows: list[dict[str, Any]]) -> tuple[float, float]:
     return max(good, default=0.0), max(closed, default=0.0)
 
 
-def serve(port: int, loop: str, http: str) -> None:
+def serve(port: int, loop: str) -> None:
     import uvicorn
 
     from assembly.api import create_api
@@ -385,7 +381,7 @@ def serve(port: int, loop: str, http: str) -> None:
 
     settings = Settings()
     api = create_api(lambda: open_runtime(settings, worker=False))
-    uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop=loop, http=http)
+    uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop=loop)
 
 
 def main() -> None:
@@ -401,10 +397,9 @@ def main() -> None:
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--loop", default="uvloop", help=argparse.SUPPRESS)
-    ap.add_argument("--http", default="auto", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.port, args.loop, args.http)
+        serve(args.port, args.loop)
         return
     if args.embed_only:
         asyncio.run(embed_capacity(Settings()))
