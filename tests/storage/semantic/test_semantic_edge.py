@@ -150,13 +150,14 @@ async def test_warm_up_reads_at_most_the_points_asked_for(tmp_path: Path, in_chi
 
 
 async def test_factory_opens_edge_in_process_or_in_a_child_process(tmp_path: Path) -> None:
-    inline = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge"), DIM)
+    inline = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge", edge_process=False), DIM)
     try:
         assert isinstance(inline, EdgeSemanticStore)
         assert inline.path == tmp_path / "edge"
     finally:
         await inline.aclose()
-    store = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge", edge_process=True), DIM)
+    # The child process is the default.
+    store = await open_semantic_store(QdrantSettings(edge_path=tmp_path / "edge"), DIM)
     try:
         assert isinstance(store, EdgeProcessStore)
     finally:
