@@ -78,6 +78,8 @@ def scope_snapshot_key(tenant: str, scope: str) -> str:
 
 
 def window_key(tenant: str, trace_id: str) -> str:
+    """Where a window was stored on its own, before windows were recorded in batches
+    (assembly/recording.py); read for old trace ids."""
     return f"windows/{_seg(tenant, 'tenant')}/{_seg(trace_id, 'trace_id')}.json"
 
 

@@ -1,4 +1,4 @@
-"""Qdrant Edge in a child process (``CTX_QDRANT__EDGE_PROCESS=true``).
+"""Qdrant Edge in a child process (the default; ``CTX_QDRANT__EDGE_PROCESS=false`` keeps it in-process).
 
 Why: ``qdrant-edge-py`` holds the GIL while it searches and writes (two threads querying
 one shard run 1.06x one thread), so in the API's process every millisecond of engine
