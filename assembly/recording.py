@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import suppress
-import gzip
 import logging
 import os
 import time
@@ -37,7 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
-from urllib.parse import quote
 
 from aiokafka import AIOKafkaProducer
 
@@ -45,7 +43,7 @@ from assembly import metrics
 from assembly.exceptions import WindowNotFoundError
 from ctxpipe.settings import Settings
 from ctxpipe.tasks import cancel_and_wait
-from storage.cold import ColdStore, window_key
+from storage.cold import ColdStore, window_key, window_prefix
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +71,11 @@ def trace_time(trace_id: str) -> datetime | None:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def _tenant_prefix(tenant: str) -> str:
-    if not tenant:
-        raise ValueError("tenant must be non-empty")
-    return f"windows/{quote(tenant, safe='')}/"
-
-
 def batch_key(tenant: str, first_trace: str, last_trace: str) -> str:
     issued = trace_time(first_trace)
     if issued is None:
         raise ValueError(f"not a recorder trace id: {first_trace!r}")
-    return f"{_tenant_prefix(tenant)}{issued.strftime(_MINUTE)}/{first_trace}-{last_trace}{_SUFFIX}"
+    return f"{window_prefix(tenant)}{issued.strftime(_MINUTE)}/{first_trace}-{last_trace}{_SUFFIX}"
 
 
 def _covers(key: str, trace_id: str) -> bool:
@@ -94,12 +86,9 @@ def _covers(key: str, trace_id: str) -> bool:
     return first <= trace_id <= last
 
 
-def _find_line(blob: bytes, trace_id: str) -> bytes | None:
+def _find_line(lines: list[bytes], trace_id: str) -> bytes | None:
     needle = f'"trace_id":"{trace_id}"'.encode()
-    for line in gzip.decompress(blob).splitlines():
-        if needle in line:
-            return line
-    return None
+    return next((line for line in lines if needle in line), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,10 +169,8 @@ class WindowRecorder:
     async def _store(self, tenant: str, records: Sequence[WindowRecord]) -> None:
         ordered = sorted(records, key=lambda r: r.trace_id)
         key = batch_key(tenant, ordered[0].trace_id, ordered[-1].trace_id)
-        # mtime=0: the same windows give the same bytes.
-        blob = gzip.compress(b"".join(r.payload + b"\n" for r in ordered), compresslevel=6, mtime=0)
         try:
-            await self._cold.put_bytes(key, blob, content_type="application/x-ndjson")
+            await self._cold.put_lines(key, [r.payload for r in ordered])
         except Exception as exc:  # like the Kafka sink: the recording worker must keep going
             metrics.RECORD_ERRORS.labels(sink="cold").inc()
             log.warning("%d windows of tenant %s not stored in the cold tier: %s", len(records), tenant, exc)
@@ -217,12 +204,12 @@ async def load_window(
         raw = await cold.get_bytes(window_key(tenant, trace_id))  # recorded before batching
     else:
         raw = None
-        prefix = _tenant_prefix(tenant)
+        prefix = window_prefix(tenant)
         for minute in (issued, issued - timedelta(minutes=1)):
             keys = await cold.list_keys(f"{prefix}{minute.strftime(_MINUTE)}/")
             for key in (k for k in keys if _covers(k, trace_id)):
-                blob = await cold.get_bytes(key)
-                if blob is not None and (raw := _find_line(blob, trace_id)) is not None:
+                lines = await cold.get_lines(key, "load_window")
+                if lines is not None and (raw := _find_line(lines, trace_id)) is not None:
                     break
             if raw is not None:
                 break

@@ -7,9 +7,9 @@ What is real and what is synthetic:
 
 * the service is the real one: uvicorn serving ``assembly.api.create_api`` over
   ``open_runtime(worker=False)`` in its own process on 127.0.0.1 (a free port), with
-  Redis (hot), Qdrant Edge (semantic, in a child process of the server; ``onnx-inproc``: in
-  it), S3 (window records) and
-  Kafka (window log) of the local stack, every window recorded as in production; on
+  Redis (hot), Qdrant Edge (semantic, in a child process of the server; ``onnx-inproc``:
+  in it), S3 (window records) and Kafka (window log) of the local stack, every window
+  recorded as in production; on
   uvloop as `ctxpipe serve` runs (config ``onnx-asyncio``: asyncio's own loop, to compare);
 * query embeddings use the real all-MiniLM-L6-v2, through the configured runtime;
 * the corpus is synthetic: conversation turns and knowledge-base passages generated

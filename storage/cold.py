@@ -22,7 +22,7 @@ import base64
 import gzip
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
 from urllib.parse import quote
 
@@ -77,10 +77,15 @@ def scope_snapshot_key(tenant: str, scope: str) -> str:
     return f"scopes/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope')}.json.gz"
 
 
+def window_prefix(tenant: str) -> str:
+    """Where a tenant's served windows are stored (in batches: assembly/recording.py)."""
+    return f"windows/{_seg(tenant, 'tenant')}/"
+
+
 def window_key(tenant: str, trace_id: str) -> str:
     """Where a window was stored on its own, before windows were recorded in batches
     (assembly/recording.py); read for old trace ids."""
-    return f"windows/{_seg(tenant, 'tenant')}/{_seg(trace_id, 'trace_id')}.json"
+    return f"{window_prefix(tenant)}{_seg(trace_id, 'trace_id')}.json"
 
 
 def summary_key(tenant: str, scope: str) -> str:
@@ -250,6 +255,20 @@ class ColdStore(AsyncCloseable):
         except orjson.JSONDecodeError as exc:
             raise StorageDataError(f"{key} is not JSON", tier=_TIER, operation="get_json") from exc
 
+    async def put_lines(self, key: str, lines: Iterable[bytes]) -> None:
+        """``lines`` as one gzipped JSON-lines object (the same lines give the same bytes)."""
+        await self.put_bytes(key, _gzip(b"".join(line + b"\n" for line in lines)), content_type="application/gzip")
+
+    async def get_lines(self, key: str, operation: str) -> list[bytes] | None:
+        """The non-empty lines of a :meth:`put_lines` object; None when there is none."""
+        raw = await self.get_bytes(key)
+        if raw is None:
+            return None
+        try:
+            return [line for line in gzip.decompress(raw).splitlines() if line]
+        except (OSError, ValueError) as exc:
+            raise StorageDataError(f"corrupt object {key}", tier=_TIER, operation=operation) from exc
+
     async def delete(self, key: str) -> None:
         await self._call("delete_object", self.client.delete_object, Bucket=self.bucket, Key=_check_key(key))
 
@@ -272,9 +291,8 @@ class ColdStore(AsyncCloseable):
             return None
         by_offset = {r.offset: r for r in records}
         ordered = [by_offset[o] for o in sorted(by_offset)]
-        body = b"".join(_encode_record(r) + b"\n" for r in ordered)
         key = archive_key(topic, partition, ordered[0].offset, ordered[-1].offset)
-        await self.put_bytes(key, _gzip(body), content_type="application/gzip")
+        await self.put_lines(key, (_encode_record(r) for r in ordered))
         return key
 
     async def archived_ranges(self, topic: str, partition: int) -> list[tuple[int, int]]:
@@ -299,11 +317,11 @@ class ColdStore(AsyncCloseable):
             if to_offset is not None and first >= to_offset:
                 break
             key = f"{prefix}{first:020d}-{last:020d}.jsonl.gz"
-            raw = await self.get_bytes(key)
-            if raw is None:  # deleted between list and get (lifecycle rule): nothing to read
+            lines = await self.get_lines(key, "read_archive")
+            if lines is None:  # deleted between list and get (lifecycle rule): nothing to read
                 continue
             try:
-                records = [_decode_record(line) for line in gzip.decompress(raw).splitlines() if line]
+                records = [_decode_record(line) for line in lines]
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise StorageDataError(f"corrupt archive object {key}", tier=_TIER, operation="read_archive") from exc
             for rec in records:

@@ -1,7 +1,7 @@
 """Semantic tier: chunks with a dense vector and a BM25 sparse vector, hybrid-searched.
 
 ``open_semantic_store(settings.qdrant, settings.embedding.dimension)`` gives the backend the
-settings ask for: Qdrant Edge in-process (default) or in a child process (one process per
+settings ask for: Qdrant Edge in a child process (default) or in-process (one process per
 shard either way), or a Qdrant server (several workers).
 """
 

@@ -165,10 +165,7 @@ class EdgeSemanticStore(PointSearchStore):
             tops: list[qe.PointId] = list(
                 {cid for spec, points in zip(specs, scored) for cid, _ in points[: spec.vectors_for_top]} - known_set
             )
-            vectors = {
-                str(r.id): list(cast(dict[str, list[float]], r.vector or {}).get(DENSE, []))
-                for r in (shard.retrieve(tops, with_payload=False, with_vector=[DENSE]) if tops else [])
-            }
+            vectors = _dense(shard, tops) if tops else {}
             # A hit deleted between the search and the retrieve has no payload: left out.
             return [
                 [(cid, score, payloads.get(cid), vectors.get(cid) or None)
@@ -192,8 +189,7 @@ class EdgeSemanticStore(PointSearchStore):
 
     async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
         ids: list[qe.PointId] = list(chunk_ids)
-        records = await self._run(lambda s: s.retrieve(ids, with_payload=False, with_vector=[DENSE]))
-        return {str(r.id): list(cast(dict[str, list[float]], r.vector or {}).get(DENSE, [])) for r in records}
+        return await self._run(lambda s: _dense(s, ids))
 
     async def warm_up(self, max_points: int) -> int:
         """Scroll the ``doc`` payloads: Edge keeps payloads on disk and a point's first read
@@ -259,6 +255,12 @@ def _query_request(spec: SearchSpec) -> qe.QueryRequest:
         filter=flt,
         with_payload=False,
     )
+
+
+def _dense(shard: qe.EdgeShard, ids: list[qe.PointId]) -> dict[str, list[float]]:
+    """The stored dense vector of each existing point, by chunk id."""
+    records = shard.retrieve(ids, with_payload=False, with_vector=[DENSE])
+    return {str(r.id): list(cast(dict[str, list[float]], r.vector or {}).get(DENSE, [])) for r in records}
 
 
 def _docs(shard: qe.EdgeShard, ids: list[qe.PointId]) -> dict[str, str | dict[str, Any]]:

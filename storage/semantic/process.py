@@ -10,8 +10,9 @@ to an :class:`~storage.semantic.edge.EdgeSemanticStore` owned by a child
 (``python -m storage.semantic.edge_child``), over a socket pair: length-prefixed pickles,
 each call tagged with an id so many can be in flight (the child runs them concurrently,
 as the in-process store would). Validation stays in the parent (the public methods of
-:class:`SemanticStore`); search results come back decoded (pickled chunks), and hits the
-caller already holds are not sent again.
+:class:`SemanticStore`); search results come back as plain rows (:data:`PointHit`: the
+stored ``doc`` string, not decoded chunks) that the parent decodes, and hits the caller
+already holds come without their payload.
 
 The child holds the shard's lock: a second process opening the same path gets
 :class:`SemanticStoreLocked` from :meth:`EdgeProcessStore.open`, as in-process. The child

@@ -116,7 +116,7 @@ async def test_points_stored_before_the_doc_field_are_still_read(tmp_path: Path)
 
     rng = random.Random(4)
     old, new = (make_chunk(f"{w} about zebras", rand_vector(rng), source_id=w) for w in ("old", "new"))
-    flat = {k: v for k, v in payload_fields(chunk_payload(old)).items()}
+    flat = payload_fields(chunk_payload(old))  # a fresh dict: the flat payload of old versions
     flat["occurred_at"] = old.chunk.occurred_at.timestamp()
     store = EdgeSemanticStore.open(tmp_path, DIM)
     try:
