@@ -8,6 +8,7 @@ shard either way), or a Qdrant server (several workers).
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from qdrant_client import AsyncQdrantClient
 
@@ -47,10 +48,17 @@ __all__ = [
 async def open_semantic_store(settings: QdrantSettings, dimension: int) -> SemanticStore:
     """Open (creating if needed) the store; close it with ``await store.aclose()`` (or use it as an async context manager)."""
     if settings.mode == "edge":
+        docs, chunks = settings.doc_cache_points, settings.chunk_cache_points
         if settings.edge_process:
-            return await EdgeProcessStore.open(settings.edge_path, dimension)
+            return await EdgeProcessStore.open(
+                settings.edge_path, dimension, doc_cache_points=docs, chunk_cache_points=chunks
+            )
         # Loading segments is disk work: keep it off the event loop.
-        return await asyncio.to_thread(EdgeSemanticStore.open, settings.edge_path, dimension)
+        return await asyncio.to_thread(
+            functools.partial(
+                EdgeSemanticStore.open, settings.edge_path, dimension, doc_cache_points=docs, chunk_cache_points=chunks
+            )
+        )
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     # No client/server version probe: it runs in a background thread at construction and
     # only warns; ensure_collection() checks what we rely on (the collection's schema).

@@ -9,7 +9,12 @@ executor, which blocking S3/boto3 calls share), so a big upsert is cut into slic
 event loop can interleave with. They do **not** release the GIL (measured: two threads
 querying one shard run 1.06x one thread), so engine time still competes with the event
 loop for the interpreter: :mod:`storage.semantic.process` runs this store in a child
-process for that reason (``qdrant.edge_process``, the default).
+process for that reason (``qdrant.edge_process``, the default). There, with nothing
+else to do, the store runs its engine calls on the event loop itself (``threaded=False``):
+a thread hand-off per call cost more than the call saved.
+
+Payloads read back are kept in a :class:`~storage.semantic.doc_cache.DocCache`
+(``qdrant.doc_cache_points``): Edge's payload read was a third of the child's CPU.
 
 Edge has no background optimizer: points stay in plain (brute-force) segments until
 ``optimize()`` is called. Tenant/scope-filtered searches are served from the payload
@@ -30,17 +35,20 @@ from typing import Any, Final, TypeVar, cast
 import qdrant_edge as qe
 
 from processors.types import Chunk, EmbeddedChunk
+from storage.semantic.doc_cache import DocCache
 from storage.semantic.base import (
     DENSE,
     DOC,
     KEYWORD_INDEXES,
     RRF_K,
     SPARSE,
+    TENANT_SCOPE,
     PointHit,
     PointSearchStore,
     SearchSpec,
     chunk_from_payload,
     chunk_payload,
+    tenant_scope,
 )
 from storage.semantic.exceptions import (
     SemanticSchemaError,
@@ -79,19 +87,36 @@ class EdgeSemanticStore(PointSearchStore):
         path: Path,
         dimension: int,
         encoder: Bm25Encoder = DEFAULT_ENCODER,
+        *,
+        doc_cache_points: int = 0,
+        chunk_cache_points: int = 0,
+        threaded: bool = True,
     ) -> None:
         """Use :meth:`open`; this only wires up an already opened shard."""
-        super().__init__(dimension, encoder)
+        super().__init__(dimension, encoder, chunk_cache_points=chunk_cache_points)
         self._shard: qe.EdgeShard | None = shard
         self._lock_fd = lock_fd
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=_ENGINE_THREADS, thread_name_prefix="qdrant-edge")
+        self._executor = (
+            ThreadPoolExecutor(max_workers=_ENGINE_THREADS, thread_name_prefix="qdrant-edge") if threaded else None
+        )
+        self.doc_cache = DocCache(doc_cache_points)
 
     @classmethod
     def open(
-        cls, path: Path | str, dimension: int, encoder: Bm25Encoder = DEFAULT_ENCODER
+        cls,
+        path: Path | str,
+        dimension: int,
+        encoder: Bm25Encoder = DEFAULT_ENCODER,
+        *,
+        doc_cache_points: int = 0,
+        chunk_cache_points: int = 0,
+        threaded: bool = True,
     ) -> EdgeSemanticStore:
-        """Create the shard at ``path`` or reload it (data survives via WAL and segments)."""
+        """Create the shard at ``path`` or reload it (data survives via WAL and segments).
+        ``threaded=False`` runs engine calls on the calling event loop (a process that
+        does nothing else: the Edge child); the caches: :class:`DocCache` (docs read
+        back) and :class:`~storage.semantic.base.ChunkCache` (decoded hits)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(path)
@@ -101,7 +126,10 @@ class EdgeSemanticStore(PointSearchStore):
         except BaseException:
             os.close(lock_fd)  # closing the fd drops the flock
             raise
-        return cls(shard, lock_fd, path, dimension, encoder)
+        return cls(
+            shard, lock_fd, path, dimension, encoder,
+            doc_cache_points=doc_cache_points, chunk_cache_points=chunk_cache_points, threaded=threaded,
+        )
 
     # -- engine calls -------------------------------------------------------------------
 
@@ -110,6 +138,8 @@ class EdgeSemanticStore(PointSearchStore):
         if shard is None:
             raise SemanticStoreClosed(f"the Edge store at {self.path} is closed")
         try:
+            if self._executor is None:
+                return fn(shard)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, shard)
         except SemanticStoreError:
             raise
@@ -128,12 +158,15 @@ class EdgeSemanticStore(PointSearchStore):
             for item in chunks
         ]
 
-        def write(shard: qe.EdgeShard) -> None:
-            for start in range(0, len(points), _UPSERT_BATCH):
-                batch = points[start : start + _UPSERT_BATCH]
-                shard.update(qe.UpdateOperation.upsert_points(batch))
-
-        await self._run(write)
+        for start in range(0, len(points), _UPSERT_BATCH):
+            batch = points[start : start + _UPSERT_BATCH]
+            operation = qe.UpdateOperation.upsert_points(batch)
+            try:
+                await self._run(lambda s: s.update(operation))
+            finally:
+                # After the write (also a failed one: it may have landed in part).
+                self.doc_cache.forget(item.chunk.chunk_id for item in chunks[start : start + _UPSERT_BATCH])
+            await asyncio.sleep(0)  # searches get their turn between slices (threaded=False)
 
     async def _delete_source(self, tenant: str, source_id: str, keep_version: int | None) -> None:
         must_not: list[qe.ConditionType] | None = None
@@ -142,7 +175,10 @@ class EdgeSemanticStore(PointSearchStore):
         flt = qe.Filter(
             must=[_eq("tenant", tenant), _eq("source_id", source_id)], must_not=must_not
         )
-        await self._run(lambda s: s.update(qe.UpdateOperation.delete_points_by_filter(flt)))
+        try:
+            await self._run(lambda s: s.update(qe.UpdateOperation.delete_points_by_filter(flt)))
+        finally:
+            self.doc_cache.forget(())  # reads in flight may hold a deleted point's doc
 
     async def search_points(self, specs: Sequence[SearchSpec], known_ids: Collection[str]) -> list[list[PointHit]]:
         """The searches as plain rows (see :data:`PointHit`): payloads of the hits not in
@@ -160,8 +196,7 @@ class EdgeSemanticStore(PointSearchStore):
             # Payloads in one retrieve of the hits not known yet (not with the queries:
             # a query returning payloads costs about as much as the retrieve, and
             # would fetch the known ones again).
-            ids: list[qe.PointId] = list({cid for points in scored for cid, _ in points} - known_set)
-            payloads = _docs(shard, ids)
+            payloads = self._docs(shard, {cid for points in scored for cid, _ in points} - known_set)
             tops: list[qe.PointId] = list(
                 {cid for spec, points in zip(specs, scored) for cid, _ in points[: spec.vectors_for_top]} - known_set
             )
@@ -202,11 +237,24 @@ class EdgeSemanticStore(PointSearchStore):
             request = qe.ScrollRequest(
                 offset=offset, limit=min(_WARM_UP_SLICE, max_points - done), with_payload=[DOC], with_vector=False
             )
+            since = self.doc_cache.generation
             records, offset = await self._run(lambda s: s.scroll(request))
+            self.doc_cache.fill({str(r.id): doc for r in records if isinstance(doc := (r.payload or {}).get(DOC), str)}, since)
             done += len(records)
             if offset is None:
                 break
+            await asyncio.sleep(0)  # calls waiting on the store go first (threaded=False)
         return done
+
+    def _docs(self, shard: qe.EdgeShard, ids: Collection[str]) -> dict[str, str | dict[str, Any]]:
+        """The stored chunk of each existing point in ``ids``, from the cache when held."""
+        cached, missing = self.doc_cache.lookup(ids)
+        if not missing:
+            return dict(cached)
+        since = self.doc_cache.generation
+        read = _read_docs(shard, missing)
+        self.doc_cache.fill({cid: doc for cid, doc in read.items() if isinstance(doc, str)}, since)
+        return {**cached, **read}
 
     async def optimize(self) -> bool:
         """Merge segments and build HNSW. Slow on big shards (100k x 384-d: ~5 min on 2 busy
@@ -223,16 +271,17 @@ class EdgeSemanticStore(PointSearchStore):
         try:
             await asyncio.to_thread(_flush_and_close, shard)
         finally:
-            self._executor.shutdown(wait=True)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
 
 
 def _query_request(spec: SearchSpec) -> qe.QueryRequest:
+    # tenant_scope carries the tenant: this one condition is the tenant filter too.
     must: list[qe.ConditionType] = [
-        _eq("tenant", spec.tenant),
-        qe.FieldCondition("scope", match=qe.MatchAny(spec.scopes)),
+        qe.FieldCondition(TENANT_SCOPE, match=qe.MatchAny([tenant_scope(spec.tenant, s) for s in spec.scopes])),
     ]
     if spec.kinds:
         must.append(qe.FieldCondition("kind", match=qe.MatchAny(spec.kinds)))
@@ -263,14 +312,14 @@ def _dense(shard: qe.EdgeShard, ids: list[qe.PointId]) -> dict[str, list[float]]
     return {str(r.id): list(cast(dict[str, list[float]], r.vector or {}).get(DENSE, [])) for r in records}
 
 
-def _docs(shard: qe.EdgeShard, ids: list[qe.PointId]) -> dict[str, str | dict[str, Any]]:
+def _read_docs(shard: qe.EdgeShard, ids: list[str]) -> dict[str, str | dict[str, Any]]:
     """The stored chunk of each existing point: its ``doc`` string, or the whole payload
     of a point written before ``doc`` existed."""
     if not ids:
         return {}
     out: dict[str, str | dict[str, Any]] = {}
     legacy: list[qe.PointId] = []
-    for r in shard.retrieve(ids, with_payload=[DOC], with_vector=False):
+    for r in shard.retrieve(cast("list[qe.PointId]", ids), with_payload=[DOC], with_vector=False):
         doc = (r.payload or {}).get(DOC)
         if isinstance(doc, str):
             out[str(r.id)] = doc
@@ -293,6 +342,22 @@ def _eq(key: str, value: str) -> qe.FieldCondition:
 def _sparse(encoder: Bm25Encoder, text: str) -> qe.SparseVector:
     emb = encoder.embed_document(text)
     return qe.SparseVector(emb.indices, emb.values)
+
+
+def _backfill_tenant_scope(shard: qe.EdgeShard) -> None:
+    """Give points written before ``tenant_scope`` existed their value (searches filter on
+    it alone): one update per (tenant, scope) pair (100k points, 1,004 pairs: ~2.5 s)."""
+    pairs: set[tuple[str, str]] = set()
+    offset: qe.PointId | None = None
+    while True:
+        request = qe.ScrollRequest(offset=offset, limit=4096, with_payload=["tenant", "scope"], with_vector=False)
+        records, offset = shard.scroll(request)
+        pairs.update((str(r.payload["tenant"]), str(r.payload["scope"])) for r in records if r.payload)
+        if offset is None:
+            break
+    for tenant, scope in pairs:
+        flt = qe.Filter(must=[_eq("tenant", tenant), _eq("scope", scope)])
+        shard.update(qe.UpdateOperation.set_payload_by_filter(flt, {TENANT_SCOPE: tenant_scope(tenant, scope)}))
 
 
 def _lock(path: Path) -> int:
@@ -335,6 +400,10 @@ def _load_or_create(path: Path, dimension: int) -> qe.EdgeShard:
 def _ensure_indexes(shard: qe.EdgeShard) -> None:
     """Create missing payload indexes (a no-op on reload: they persist with the shard)."""
     existing = shard.info().payload_schema
+    if TENANT_SCOPE not in existing:
+        # Its index is created below, after the backfill: a crash half-way through
+        # leaves no index, so the next open backfills again.
+        _backfill_tenant_scope(shard)
     wanted: dict[str, Any] = {
         # is_tenant lets the engine co-locate a tenant's points.
         "tenant": qe.KeywordIndexParams(is_tenant=True),

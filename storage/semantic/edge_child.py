@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import socket
 from pathlib import Path
@@ -16,10 +17,17 @@ from storage.semantic.edge import EdgeSemanticStore
 from storage.semantic.process import CALLS, error_of, frame, read_frame
 
 
-async def _serve(fd: int, path: Path, dimension: int) -> None:
+async def _serve(fd: int, path: Path, dimension: int, doc_cache_points: int) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
     try:
-        store = await asyncio.to_thread(EdgeSemanticStore.open, path, dimension)
+        # threaded=False: engine calls run on this loop, one at a time, in arrival order.
+        # This process has nothing else to do, and a worker thread per call cost more
+        # CPU (hand-off, wake-up) than the engine call itself for small scopes.
+        store = await asyncio.to_thread(
+            functools.partial(
+                EdgeSemanticStore.open, path, dimension, doc_cache_points=doc_cache_points, threaded=False
+            )
+        )
     except Exception as exc:  # the parent raises it from open()
         writer.write(frame((False, error_of(exc))))
         await writer.drain()
@@ -67,8 +75,9 @@ def main() -> None:
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--path", type=Path, required=True)
     ap.add_argument("--dimension", type=int, required=True)
+    ap.add_argument("--doc-cache-points", type=int, default=0)
     args = ap.parse_args()
-    asyncio.run(_serve(args.fd, args.path, args.dimension))
+    asyncio.run(_serve(args.fd, args.path, args.dimension, args.doc_cache_points))
 
 
 if __name__ == "__main__":

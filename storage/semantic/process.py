@@ -8,8 +8,9 @@ In a child process the engine runs on the other core, in parallel with all of th
 How: :class:`EdgeProcessStore` is a :class:`SemanticStore` whose engine hooks are calls
 to an :class:`~storage.semantic.edge.EdgeSemanticStore` owned by a child
 (``python -m storage.semantic.edge_child``), over a socket pair: length-prefixed pickles,
-each call tagged with an id so many can be in flight (the child runs them concurrently,
-as the in-process store would). Validation stays in the parent (the public methods of
+each call tagged with an id so many can be in flight (the child runs their engine calls
+one at a time on its event loop, in arrival order; long ones, upserts and the warm-up,
+in slices with the others' turns between). Validation stays in the parent (the public methods of
 :class:`SemanticStore`); search results come back as plain rows (:data:`PointHit`: the
 stored ``doc`` string, not decoded chunks) that the parent decodes, and hits the caller
 already holds come without their payload.
@@ -84,9 +85,11 @@ class EdgeProcessStore(PointSearchStore):
         path: Path,
         dimension: int,
         encoder: Bm25Encoder = DEFAULT_ENCODER,
+        *,
+        chunk_cache_points: int = 0,
     ) -> None:
         """Use :meth:`open`."""
-        super().__init__(dimension, encoder)
+        super().__init__(dimension, encoder, chunk_cache_points=chunk_cache_points)
         self.path = path
         self._proc = proc
         self._reader = reader
@@ -99,9 +102,19 @@ class EdgeProcessStore(PointSearchStore):
         self._listener = asyncio.create_task(self._listen(), name="edge-process-reader")
 
     @classmethod
-    async def open(cls, path: Path | str, dimension: int, encoder: Bm25Encoder = DEFAULT_ENCODER) -> EdgeProcessStore:
+    async def open(
+        cls,
+        path: Path | str,
+        dimension: int,
+        encoder: Bm25Encoder = DEFAULT_ENCODER,
+        *,
+        doc_cache_points: int = 0,
+        chunk_cache_points: int = 0,
+    ) -> EdgeProcessStore:
         """Start the child, which creates or loads the shard at ``path``; raises what the
-        in-process :meth:`EdgeSemanticStore.open` would (locked, schema, engine errors)."""
+        in-process :meth:`EdgeSemanticStore.open` would (locked, schema, engine errors).
+        The child keeps up to ``doc_cache_points`` docs read back, this process up to
+        ``chunk_cache_points`` decoded chunks."""
         path = Path(path)
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
@@ -112,7 +125,7 @@ class EdgeProcessStore(PointSearchStore):
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "storage.semantic.edge_child", "--fd", str(theirs.fileno()),
-                 "--path", str(path), "--dimension", str(dimension)],
+                 "--path", str(path), "--dimension", str(dimension), "--doc-cache-points", str(doc_cache_points)],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                 # No terminal signals: the parent decides when the shard closes (the
                 # child also ends at end of file, when the parent dies).
@@ -139,7 +152,7 @@ class EdgeProcessStore(PointSearchStore):
             writer.close()
             await asyncio.to_thread(proc.wait, _STOP_TIMEOUT_S)
             raise _rebuild(*detail)
-        return cls(proc, reader, writer, path, dimension, encoder)
+        return cls(proc, reader, writer, path, dimension, encoder, chunk_cache_points=chunk_cache_points)
 
     # -- calls ----------------------------------------------------------------------------
 

@@ -110,25 +110,38 @@ async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
         await store.count("acme")
 
 
-async def test_points_stored_before_the_doc_field_are_still_read(tmp_path: Path) -> None:
-    """Payloads written by earlier versions keep every chunk field flat (no ``doc``)."""
+async def test_points_stored_by_earlier_versions_are_found_after_reopen(tmp_path: Path) -> None:
+    """Earlier versions stored every chunk field flat (no ``doc``), later ones ``doc``
+    without ``tenant_scope``: opening such a shard backfills ``tenant_scope`` (searches
+    filter on it alone), and both kinds of point are searched and read, per tenant."""
     import qdrant_edge as qe
 
+    from storage.semantic.base import TENANT_SCOPE
+    from storage.semantic.edge import _edge_config
+
     rng = random.Random(4)
-    old, new = (make_chunk(f"{w} about zebras", rand_vector(rng), source_id=w) for w in ("old", "new"))
+    old, mid = (make_chunk(f"{w} about zebras", rand_vector(rng), source_id=w) for w in ("old", "mid"))
+    theirs = make_chunk("their zebras", rand_vector(rng), tenant="globex", source_id="theirs")
     flat = payload_fields(chunk_payload(old))  # a fresh dict: the flat payload of old versions
     flat["occurred_at"] = old.chunk.occurred_at.timestamp()
+    points = [qe.Point(old.chunk.chunk_id, {"dense": old.vector, "bm25": qe.SparseVector([], [])}, flat)]
+    for item in (mid, theirs):
+        payload = chunk_payload(item)
+        del payload[TENANT_SCOPE]
+        points.append(qe.Point(item.chunk.chunk_id, {"dense": item.vector, "bm25": qe.SparseVector([], [])}, payload))
+    shard = qe.EdgeShard.create(str(tmp_path), _edge_config(DIM))
+    shard.update(qe.UpdateOperation.upsert_points(points))
+    shard.flush()
+    shard.close()
+
     store = EdgeSemanticStore.open(tmp_path, DIM)
     try:
-        await store.upsert([new])
-        assert store._shard is not None
-        store._shard.update(qe.UpdateOperation.upsert_points([
-            qe.Point(old.chunk.chunk_id, {"dense": old.vector, "bm25": qe.SparseVector([], [])}, flat)
-        ]))
         hits = await store.search("acme", ["session:1"], old.vector, "zebras", limit=5)
-        assert {h.chunk.source_id: h.chunk for h in hits} == {"old": old.chunk, "new": new.chunk}
-        assert sorted(await store.get([old.chunk.chunk_id, new.chunk.chunk_id]), key=lambda c: c.source_id) == [
-            new.chunk, old.chunk,
+        assert {h.chunk.source_id: h.chunk for h in hits} == {"old": old.chunk, "mid": mid.chunk}
+        theirs_hits = await store.search("globex", ["session:1"], old.vector, "zebras", limit=5)
+        assert [h.chunk for h in theirs_hits] == [theirs.chunk]
+        assert sorted(await store.get([old.chunk.chunk_id, mid.chunk.chunk_id]), key=lambda c: c.source_id) == [
+            mid.chunk, old.chunk,
         ]
     finally:
         await store.aclose()
@@ -145,6 +158,45 @@ async def test_warm_up_reads_at_most_the_points_asked_for(tmp_path: Path, in_chi
         assert await store.warm_up(10_000) == 600  # more than one slice
         assert await store.warm_up(300) == 300
         assert await store.warm_up(0) == 0
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "child"])
+async def test_a_rewritten_chunk_is_never_served_from_the_cache(tmp_path: Path, in_child: bool) -> None:
+    """Searches keep the docs they read and the chunks they decoded (qdrant.doc_cache_points,
+    chunk_cache_points); an upsert of the same chunk id must replace what later searches
+    return, and a deleted chunk is gone."""
+    rng = random.Random(6)
+    vector = rand_vector(rng)
+    first, second = (make_chunk(f"{w} note about zebras", vector, source_id="ev-1") for w in ("first", "second"))
+    settings = QdrantSettings(
+        edge_path=tmp_path / "edge", edge_process=in_child, doc_cache_points=100, chunk_cache_points=100
+    )
+    store = await open_semantic_store(settings, DIM)
+    try:
+        await store.upsert([first])
+        for _ in range(2):  # the second search is served from the cache
+            hits = await store.search("acme", ["session:1"], vector, "zebras", limit=3)
+            assert [h.chunk.text for h in hits] == ["first note about zebras"]
+        await store.upsert([second])
+        hits = await store.search("acme", ["session:1"], vector, "zebras", limit=3)
+        assert [h.chunk.text for h in hits] == ["second note about zebras"]
+        await store.delete_source("acme", "ev-1")
+        assert await store.search("acme", ["session:1"], vector, "zebras", limit=3) == []
+    finally:
+        await store.aclose()
+
+
+async def test_warm_up_fills_the_doc_cache(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    items = [make_chunk(f"note {i}", rand_vector(rng), source_id=f"ev-{i}") for i in range(40)]
+    store = EdgeSemanticStore.open(tmp_path, DIM, doc_cache_points=30)
+    try:
+        await store.upsert(items)
+        assert len(store.doc_cache) == 0  # writes do not fill it
+        assert await store.warm_up(1000) == 40
+        assert len(store.doc_cache) == 30  # bounded
     finally:
         await store.aclose()
 
