@@ -89,8 +89,8 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-nofreeze": {"embedding": {"runtime": "onnx"}, "api": {"gc_freeze": False}},
     # Qdrant Edge in a child process of the server (CTX_QDRANT__EDGE_PROCESS=true, the default).
     "onnx-edgeproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": True}},
-    # No cache of the chunks read back (Edge child) or decoded (API process).
-    "onnx-nocache": {"embedding": {"runtime": "onnx"}, "qdrant": {"doc_cache_points": 0, "chunk_cache_points": 0}},
+    # No cache of the chunks read back from Edge (CTX_QDRANT__DOC_CACHE_POINTS=0).
+    "onnx-nocache": {"embedding": {"runtime": "onnx"}, "qdrant": {"doc_cache_points": 0}},
     # Qdrant Edge inside the server process.
     "onnx-inproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": False}},
     # The three of these at once: the service's settings before they existed.

@@ -87,9 +87,6 @@ class QdrantSettings(_Group):
     # Stored chunks read back from Edge kept in memory by the store (storage/semantic/
     # doc_cache.py): ~0.7 kB each, so 200k is ~150 MB; 0: off.
     doc_cache_points: int = Field(default=200_000, ge=0)
-    # Decoded chunks the API process keeps (storage.semantic.base.ChunkCache): ~2 kB
-    # each, so 50k is ~100 MB; 0: off.
-    chunk_cache_points: int = Field(default=50_000, ge=0)
     url: str = "http://127.0.0.1:6333"
     api_key: SecretStr | None = None
     collection: str = "context_chunks"

@@ -48,16 +48,12 @@ __all__ = [
 async def open_semantic_store(settings: QdrantSettings, dimension: int) -> SemanticStore:
     """Open (creating if needed) the store; close it with ``await store.aclose()`` (or use it as an async context manager)."""
     if settings.mode == "edge":
-        docs, chunks = settings.doc_cache_points, settings.chunk_cache_points
+        cache = settings.doc_cache_points
         if settings.edge_process:
-            return await EdgeProcessStore.open(
-                settings.edge_path, dimension, doc_cache_points=docs, chunk_cache_points=chunks
-            )
+            return await EdgeProcessStore.open(settings.edge_path, dimension, doc_cache_points=cache)
         # Loading segments is disk work: keep it off the event loop.
         return await asyncio.to_thread(
-            functools.partial(
-                EdgeSemanticStore.open, settings.edge_path, dimension, doc_cache_points=docs, chunk_cache_points=chunks
-            )
+            functools.partial(EdgeSemanticStore.open, settings.edge_path, dimension, doc_cache_points=cache)
         )
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     # No client/server version probe: it runs in a background thread at construction and

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -154,44 +153,9 @@ def hit_from_payload(
 PointHit = tuple[str, float, "str | dict[str, Any] | None", "list[float] | None"]
 
 
-class ChunkCache:
-    """Decoded chunks by point id, each with the stored ``doc`` it was decoded from.
-
-    Decoding a doc (JSON, datetime, the model) costs ~15-20 us; a request's two searches
-    bring ~150 hits, mostly the same chunks as the last request of that scope. A chunk is
-    a function of its doc string, so an entry is used only when the doc is equal: no
-    invalidation is needed. Bounded (~2 kB a chunk), least recently used out first;
-    used from one event loop only."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[str, tuple[str, Chunk, str]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def hit(self, cid: str, score: float, payload: str | dict[str, Any], vector: list[float] | None) -> SemanticHit:
-        if self.capacity <= 0 or not isinstance(payload, str):
-            return hit_from_payload(cid, score, payload, vector)
-        got = self._items.get(cid)
-        if got is not None and got[0] == payload:
-            self._items.move_to_end(cid)
-            return SemanticHit(got[1], score, got[2], vector)
-        hit = hit_from_payload(cid, score, payload, vector)
-        self._items[cid] = (payload, hit.chunk, hit.model)
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-        return hit
-
-
-_NO_CACHE: Final = ChunkCache(0)
-
-
-def with_known(
-    results: Sequence[Sequence[PointHit]], known: Mapping[str, SemanticHit], cache: ChunkCache = _NO_CACHE
-) -> list[list[SemanticHit]]:
-    """Hits of :meth:`search_points`-style results: each payload decoded once (or found in
-    ``cache``), known chunks reused with their new score."""
+def with_known(results: Sequence[Sequence[PointHit]], known: Mapping[str, SemanticHit]) -> list[list[SemanticHit]]:
+    """Hits of :meth:`search_points`-style results: each payload decoded once, known chunks
+    reused with their new score."""
     decoded: dict[str, SemanticHit] = {}
     out: list[list[SemanticHit]] = []
     for points in results:
@@ -201,7 +165,7 @@ def with_known(
             if seen is None:
                 if payload is None:
                     continue  # neither sent nor known: nothing to show
-                seen = decoded[cid] = cache.hit(cid, score, payload, vector)
+                seen = decoded[cid] = hit_from_payload(cid, score, payload, vector)
             hits.append(seen if seen.score == score else SemanticHit(seen.chunk, score, seen.model, seen.vector))
         out.append(hits)
     return out
@@ -379,12 +343,7 @@ def _check_tenant(tenant: str) -> None:
 
 class PointSearchStore(SemanticStore):
     """A backend whose searches come back as plain :data:`PointHit` rows (Edge, in this
-    process or in its child): the rows are decoded here, in the caller's process, through
-    a :class:`ChunkCache` of ``chunk_cache_points``."""
-
-    def __init__(self, dimension: int, encoder: Bm25Encoder = DEFAULT_ENCODER, *, chunk_cache_points: int = 0) -> None:
-        super().__init__(dimension, encoder)
-        self.chunk_cache = ChunkCache(chunk_cache_points)
+    process or in its child): the rows are decoded here, in the caller's process."""
 
     @abstractmethod
     async def search_points(self, specs: Sequence[SearchSpec], known_ids: Collection[str]) -> list[list[PointHit]]:
@@ -396,4 +355,4 @@ class PointSearchStore(SemanticStore):
     async def _search_batch(
         self, specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]
     ) -> list[list[SemanticHit]]:
-        return with_known(await self.search_points(specs, known.keys()), known, self.chunk_cache)
+        return with_known(await self.search_points(specs, known.keys()), known)

@@ -89,11 +89,10 @@ class EdgeSemanticStore(PointSearchStore):
         encoder: Bm25Encoder = DEFAULT_ENCODER,
         *,
         doc_cache_points: int = 0,
-        chunk_cache_points: int = 0,
         threaded: bool = True,
     ) -> None:
         """Use :meth:`open`; this only wires up an already opened shard."""
-        super().__init__(dimension, encoder, chunk_cache_points=chunk_cache_points)
+        super().__init__(dimension, encoder)
         self._shard: qe.EdgeShard | None = shard
         self._lock_fd = lock_fd
         self.path = path
@@ -110,13 +109,11 @@ class EdgeSemanticStore(PointSearchStore):
         encoder: Bm25Encoder = DEFAULT_ENCODER,
         *,
         doc_cache_points: int = 0,
-        chunk_cache_points: int = 0,
         threaded: bool = True,
     ) -> EdgeSemanticStore:
         """Create the shard at ``path`` or reload it (data survives via WAL and segments).
         ``threaded=False`` runs engine calls on the calling event loop (a process that
-        does nothing else: the Edge child); the caches: :class:`DocCache` (docs read
-        back) and :class:`~storage.semantic.base.ChunkCache` (decoded hits)."""
+        does nothing else: the Edge child); ``doc_cache_points``: see :class:`DocCache`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(path)
@@ -126,10 +123,7 @@ class EdgeSemanticStore(PointSearchStore):
         except BaseException:
             os.close(lock_fd)  # closing the fd drops the flock
             raise
-        return cls(
-            shard, lock_fd, path, dimension, encoder,
-            doc_cache_points=doc_cache_points, chunk_cache_points=chunk_cache_points, threaded=threaded,
-        )
+        return cls(shard, lock_fd, path, dimension, encoder, doc_cache_points=doc_cache_points, threaded=threaded)
 
     # -- engine calls -------------------------------------------------------------------
 

@@ -85,11 +85,9 @@ class EdgeProcessStore(PointSearchStore):
         path: Path,
         dimension: int,
         encoder: Bm25Encoder = DEFAULT_ENCODER,
-        *,
-        chunk_cache_points: int = 0,
     ) -> None:
         """Use :meth:`open`."""
-        super().__init__(dimension, encoder, chunk_cache_points=chunk_cache_points)
+        super().__init__(dimension, encoder)
         self.path = path
         self._proc = proc
         self._reader = reader
@@ -109,12 +107,10 @@ class EdgeProcessStore(PointSearchStore):
         encoder: Bm25Encoder = DEFAULT_ENCODER,
         *,
         doc_cache_points: int = 0,
-        chunk_cache_points: int = 0,
     ) -> EdgeProcessStore:
         """Start the child, which creates or loads the shard at ``path``; raises what the
         in-process :meth:`EdgeSemanticStore.open` would (locked, schema, engine errors).
-        The child keeps up to ``doc_cache_points`` docs read back, this process up to
-        ``chunk_cache_points`` decoded chunks."""
+        The child keeps up to ``doc_cache_points`` stored chunks in memory."""
         path = Path(path)
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
@@ -152,7 +148,7 @@ class EdgeProcessStore(PointSearchStore):
             writer.close()
             await asyncio.to_thread(proc.wait, _STOP_TIMEOUT_S)
             raise _rebuild(*detail)
-        return cls(proc, reader, writer, path, dimension, encoder, chunk_cache_points=chunk_cache_points)
+        return cls(proc, reader, writer, path, dimension, encoder)
 
     # -- calls ----------------------------------------------------------------------------
 

@@ -164,15 +164,12 @@ async def test_warm_up_reads_at_most_the_points_asked_for(tmp_path: Path, in_chi
 
 @pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "child"])
 async def test_a_rewritten_chunk_is_never_served_from_the_cache(tmp_path: Path, in_child: bool) -> None:
-    """Searches keep the docs they read and the chunks they decoded (qdrant.doc_cache_points,
-    chunk_cache_points); an upsert of the same chunk id must replace what later searches
-    return, and a deleted chunk is gone."""
+    """Searches keep the docs they read (qdrant.doc_cache_points); an upsert of the same
+    chunk id must replace what later searches return, and a deleted chunk is gone."""
     rng = random.Random(6)
     vector = rand_vector(rng)
     first, second = (make_chunk(f"{w} note about zebras", vector, source_id="ev-1") for w in ("first", "second"))
-    settings = QdrantSettings(
-        edge_path=tmp_path / "edge", edge_process=in_child, doc_cache_points=100, chunk_cache_points=100
-    )
+    settings = QdrantSettings(edge_path=tmp_path / "edge", edge_process=in_child, doc_cache_points=100)
     store = await open_semantic_store(settings, DIM)
     try:
         await store.upsert([first])
