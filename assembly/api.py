@@ -39,9 +39,13 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
             if freeze:
                 gc.collect()
                 gc.freeze()
+            thresholds = gc.get_threshold()
+            if runtime.settings.api.gc_threshold:
+                gc.set_threshold(runtime.settings.api.gc_threshold, *thresholds[1:])
             try:
                 yield
             finally:
+                gc.set_threshold(*thresholds)
                 if freeze:
                     gc.unfreeze()
                 sys.setswitchinterval(previous)

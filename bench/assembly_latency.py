@@ -85,6 +85,8 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-fp32q": {"embedding": {"runtime": "onnx", "query_precision": "fp32"}},
     # Python's default GIL switch interval (5 ms) instead of the API's 1 ms.
     "onnx-switch5": {"embedding": {"runtime": "onnx"}, "api": {"switch_interval_ms": 5.0}},
+    # Python's collector threshold (700) in the API process instead of 50,000.
+    "onnx-gc700": {"embedding": {"runtime": "onnx"}, "api": {"gc_threshold": 0}},
     # No gc.freeze() of the start-up objects in the API process.
     "onnx-nofreeze": {"embedding": {"runtime": "onnx"}, "api": {"gc_freeze": False}},
     # Qdrant Edge in a child process of the server (CTX_QDRANT__EDGE_PROCESS=true, the default).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import subprocess
 import time
@@ -158,6 +159,15 @@ async def _read_windows(settings: Settings, expect: int, timeout_s: float = 30) 
     finally:
         await consumer.stop()
     return out
+
+
+async def test_the_api_raises_the_collectors_threshold_while_it_runs(test_settings: Settings) -> None:
+    before = gc.get_threshold()
+    async with open_runtime(test_settings, worker=False, model=HashEmbedder()) as rt:
+        assert rt.settings.api.gc_threshold > before[0]
+        async with _serving(rt):
+            assert gc.get_threshold() == (rt.settings.api.gc_threshold, *before[1:])
+    assert gc.get_threshold() == before
 
 
 async def test_tenant_never_sees_another_tenants_items(runtime: Runtime) -> None:
