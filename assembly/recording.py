@@ -188,7 +188,11 @@ class WindowRecorder:
         async with self._producer_lock:
             if self._producer is None:
                 producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks=1, linger_ms=5)
-                await producer.start()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()  # its connections, when the start failed half-way
+                    raise
                 self._producer = producer
             return self._producer
 

@@ -88,8 +88,8 @@ async def _end_positions(settings: Settings, doc: dict[str, Any]) -> tuple[dict[
         return {p: o + 1 for p, o in applied.items()}, True
     ts_ms = int(float(doc["recorded_at"]) * 1000)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         topic = settings.kafka.source_topic
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or range(settings.kafka.partitions))]
         found = await consumer.offsets_for_times({tp: ts_ms for tp in tps})

@@ -144,8 +144,8 @@ async def open_runtime(
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", enable_idempotence=True
         )
+        stack.push_async_callback(producer.stop)  # first: a start cancelled half-way is stopped too
         await producer.start()
-        stack.push_async_callback(producer.stop)
         # Summaries run off the ingest path; entered after the producer, so closed before it.
         summaries = await stack.enter_async_context(
             open_summaries(settings, hot=hot, cold=cold, producer=producer)

@@ -41,9 +41,10 @@ async def track_lag(settings: KafkaSettings, hot: HotStore, interval_s: float = 
     """Update the ``ctxpipe_consumer_lag`` gauge until cancelled."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await consumer.start()
-    await admin.start()
     try:
+        # Inside: a start cancelled half-way (a worker stopped while starting) is stopped too.
+        await consumer.start()
+        await admin.start()
         while True:
             try:
                 lags = await measure_lag(admin, consumer, settings.source_topic, hot)

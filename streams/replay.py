@@ -161,8 +161,8 @@ async def plan_range(
     """(start, end) offsets per partition of the source topic; end is exclusive."""
     topic = settings.kafka.source_topic
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         parts = await _partitions(consumer, topic)
         tps = [TopicPartition(topic, p) for p in parts]
         log_start = {tp.partition: o for tp, o in (await consumer.beginning_offsets(tps)).items()}
@@ -356,8 +356,8 @@ class Replayer:
             auto_offset_reset="none",
             max_poll_records=self.batch_max,
         )
-        await consumer.start()
         try:
+            await consumer.start()
             todo = [p for p in sorted(end) if position.get(p, 0) < end[p]]
             tps = {p: TopicPartition(topic, p) for p in todo}
             log_start = {tp.partition: o for tp, o in (await consumer.beginning_offsets(list(tps.values()))).items()} if tps else {}
@@ -411,9 +411,9 @@ class Replayer:
             bootstrap_servers=self.settings.kafka.bootstrap_servers, enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await consumer.start()
         applied = 0
         try:
+            await consumer.start()
             parts = consumer.partitions_for_topic(topic)
             if not parts:
                 await consumer._client.force_metadata_update()  # noqa: SLF001

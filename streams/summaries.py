@@ -626,9 +626,9 @@ async def rebuild_summaries(kafka: KafkaSettings, store: SummaryStore, *, timeou
         kafka.summary_topic, bootstrap_servers=kafka.bootstrap_servers, group_id=None,
         enable_auto_commit=False, auto_offset_reset="earliest",
     )
-    await consumer.start()
     applied = 0
     try:
+        await consumer.start()
         deadline = time.monotonic() + timeout_s
         while not consumer.assignment():
             if time.monotonic() > deadline:

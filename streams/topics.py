@@ -19,8 +19,8 @@ def pipeline_topics(settings: KafkaSettings) -> list[str]:
 
 async def ensure_topics(settings: KafkaSettings, names: list[str] | None = None) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         wanted = [n for n in (names or pipeline_topics(settings)) if n not in existing]
         if not wanted:
