@@ -21,16 +21,9 @@ async def remove_run(settings: Settings, tag: str) -> None:
     prefixes too), Kafka topics whose name contains ``tag``, its S3 bucket. Left behind,
     they pile up run after run (a broker with a thousand idle partitions, a Redis with
     hundreds of thousands of keys) and slow later runs down."""
-    import redis.asyncio as aioredis
     from aiokafka.admin import AIOKafkaAdminClient
 
-    client = aioredis.Redis.from_url(settings.redis.url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000)]
-        for i in range(0, len(keys), 1000):
-            await client.delete(*keys[i : i + 1000])
-    finally:
-        await client.aclose()
+    await remove_redis_keys(settings)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
     await admin.start()
     try:
@@ -50,6 +43,19 @@ async def remove_run(settings: Settings, tag: str) -> None:
         print(f"s3 cleanup: {exc!r}")
     finally:
         s3.close()
+
+
+async def remove_redis_keys(settings: Settings) -> None:
+    """Delete the Redis keys under the run's prefix (versioned prefixes too)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.redis.url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{settings.redis.key_prefix}*", count=1000)]
+        for i in range(0, len(keys), 1000):
+            await client.delete(*keys[i : i + 1000])
+    finally:
+        await client.aclose()
 
 
 def isolated_settings(base: Settings, tag: str, edge_path: Path, *, prefix: str = "bench") -> Settings:
