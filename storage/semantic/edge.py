@@ -272,14 +272,18 @@ class EdgeSemanticStore(PointSearchStore):
                 self._lock_fd = None
 
 
-def _query_request(spec: SearchSpec) -> qe.QueryRequest:
+def _scope_filter(spec: SearchSpec) -> qe.Filter:
     # tenant_scope carries the tenant: this one condition is the tenant filter too.
     must: list[qe.ConditionType] = [
         qe.FieldCondition(TENANT_SCOPE, match=qe.MatchAny([tenant_scope(spec.tenant, s) for s in spec.scopes])),
     ]
     if spec.kinds:
         must.append(qe.FieldCondition("kind", match=qe.MatchAny(spec.kinds)))
-    flt = qe.Filter(must=must)
+    return qe.Filter(must=must)
+
+
+def _query_request(spec: SearchSpec) -> qe.QueryRequest:
+    flt = _scope_filter(spec)
     dense = qe.Query.Nearest(spec.vector, using=DENSE)
     if len(spec.sparse) == 0:
         return qe.QueryRequest(limit=spec.limit, query=dense, filter=flt, with_payload=False)
