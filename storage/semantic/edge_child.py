@@ -21,8 +21,8 @@ async def _serve(fd: int, path: Path, dimension: int, doc_cache_points: int) -> 
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
     try:
         # threaded=False: engine calls run on this loop, one at a time, in arrival order.
-        # This process has nothing else to do, and a worker thread per call cost more
-        # CPU (hand-off, wake-up) than the engine call itself for small scopes.
+        # This process has nothing else to do; handing each call to a worker thread and
+        # waking the loop after it was ~10 % of this process's samples (py-spy, bench load).
         store = await asyncio.to_thread(
             functools.partial(
                 EdgeSemanticStore.open, path, dimension, doc_cache_points=doc_cache_points, threaded=False
