@@ -41,10 +41,11 @@ async def track_lag(settings: KafkaSettings, hot: HotStore, interval_s: float = 
     """Update the ``ctxpipe_consumer_lag`` gauge until cancelled."""
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    starting = asyncio.ensure_future(_start(consumer, admin))
     try:
-        # Inside: a start cancelled half-way (a worker stopped while starting) is stopped too.
-        await consumer.start()
-        await admin.start()
+        # Shielded: aiokafka leaks the connection a bootstrap was opening when it is
+        # cancelled (a worker stopped right after it started), so a start runs to its end.
+        await asyncio.shield(starting)
         while True:
             try:
                 lags = await measure_lag(admin, consumer, settings.source_topic, hot)
@@ -54,5 +55,13 @@ async def track_lag(settings: KafkaSettings, hot: HotStore, interval_s: float = 
                 log.warning("consumer lag not measured: %s", exc)
             await asyncio.sleep(interval_s)
     finally:
+        await asyncio.wait([starting])  # at once when done; else milliseconds on loopback
+        if not starting.cancelled():
+            starting.exception()  # a failed start is moot once we stop: retrieved, not logged
         await admin.close()
         await consumer.stop()
+
+
+async def _start(consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> None:
+    await consumer.start()
+    await admin.start()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ctxpipe.settings import KafkaSettings, RedisSettings
 from storage.hot import HotStore
-from streams.lag import measure_lag
+from ctxpipe.tasks import cancel_and_wait
+from streams.lag import measure_lag, track_lag
 from streams.publisher import Publisher
 
 
@@ -39,3 +43,17 @@ async def test_lag_counts_records_not_yet_applied(
     finally:
         await admin.close()
         await consumer.stop()
+
+
+async def test_a_tracker_stopped_while_it_starts_leaves_no_connection_open(
+    kafka_settings: KafkaSettings, redis_settings: RedisSettings
+) -> None:
+    """A worker stopped right after it started cancels the tracker mid-bootstrap; aiokafka
+    leaked the connection it was opening (a ResourceWarning, an error under pytest's -W error)."""
+    async with HotStore(redis_settings) as hot:
+        for delay in (0.0, 0.001, 0.003, 0.01, 0.03):
+            task = asyncio.create_task(track_lag(kafka_settings, hot, interval_s=0.05))
+            await asyncio.sleep(delay)
+            await cancel_and_wait(task)
+            assert task.cancelled()
+    gc.collect()  # an unclosed connection warns from its __del__, here
