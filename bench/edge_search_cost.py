@@ -8,7 +8,8 @@ passages; random unit vectors, texts drawn from a small vocabulary (so BM25 post
 lists are long, as in a real knowledge base). A request is the service's first hop: one
 hybrid search (RRF of dense + BM25, 400 candidates each) of 100 hits over the
 conversation scope, and for a third of requests the knowledge base too, with payloads
-and the top hits' vectors. Variants take turns, round after round, so a busy moment of
+and the top hits' vectors. Then its second hop, the query expanded with the two best
+hits' texts, whole or their first 12 words. Variants take turns, round after round, so a busy moment of
 this shared machine hits all alike. Run from the project root (no stack needed):
 
     python bench/edge_search_cost.py [--tenants 4] [--requests 300] [--rounds 3]
@@ -35,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
 from storage.semantic import EdgeSemanticStore  # noqa: E402
 from storage.semantic import edge as edge_module  # noqa: E402
-from storage.semantic.base import SearchSpec  # noqa: E402
+from storage.semantic.base import SearchSpec, payload_fields  # noqa: E402
 from storage.semantic.doc_cache import DocCache  # noqa: E402
 from streams.events import EventKind  # noqa: E402
 
@@ -100,10 +101,12 @@ async def run(args: argparse.Namespace) -> None:
               f"built in {time.perf_counter() - t0:.0f}s")
         rng, nrng = random.Random(2), np.random.default_rng(2)
         specs: list[SearchSpec] = []
+        queries: list[str] = []
         for i in range(args.requests):
             tenant = f"t{rng.randrange(args.tenants)}"
             scopes = [f"conv-{rng.randrange(SCOPES)}"] + (["kb"] if i % 3 == 0 else [])
             text = " ".join(rng.choice(VOCAB) for _ in range(8))
+            queries.append(text)
             specs.append(store._spec(tenant, scopes, _unit(nrng, 1)[0].tolist(), text, 100, None, vectors_for_top=2))
         await store.warm_up(1_000_000)  # the service warms up at start, filling the cache
         warm = store.doc_cache
@@ -126,14 +129,42 @@ async def run(args: argparse.Namespace) -> None:
         finally:
             edge_module._scope_filter = _tenant_scope
             store.doc_cache = warm
-        print(f"CPU per first-hop search (ms), {args.requests} requests (a third with the kb), {args.rounds} rounds:")
-        base = sorted(cpu["two conditions, no cache"])[args.rounds // 2]
-        for name, values in cpu.items():
-            median = sorted(values)[args.rounds // 2]
-            print(f"  {name:26s} " + "  ".join(f"{v:6.3f}" for v in values) + f"   median {median:6.3f}  ({median / base:.2f}x)")
+        _report(f"CPU per first-hop search (ms), {args.requests} requests (a third with the kb)", cpu, args.rounds)
+        await _second_hop(store, specs, queries, args.rounds)
     finally:
         await store.aclose()
         shutil.rmtree(path, ignore_errors=True)
+
+
+async def _second_hop(store: EdgeSemanticStore, specs: list[SearchSpec], queries: list[str], rounds: int) -> None:
+    """The service's second hop: the query expanded with its two best hits' texts, whole
+    or their first 12 words (RetrievalConfig.second_hop_words), hits already held not sent."""
+    variants: dict[str, list[SearchSpec]] = {"whole hits": [], "first 12 words": []}
+    known: list[set[str]] = []
+    for spec, query in zip(specs, queries, strict=True):
+        (first,) = await store.search_points([spec], set())
+        held = {cid for cid, *_ in first}
+        texts = [payload_fields(doc)["text"] for _, _, doc, _ in first[:2] if doc is not None]
+        for name, words in (("whole hits", 0), ("first 12 words", 12)):
+            expanded = " ".join(" ".join(t.split()[:words]) if words else t for t in texts)
+            variants[name].append(store._spec(spec.tenant, spec.scopes, spec.vector, f"{query} {expanded}", 102, None))
+        known.append(held)
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, hop_specs in variants.items():
+            start = time.process_time()
+            for hop, held in zip(hop_specs, known, strict=True):
+                await store.search_points([hop], held)
+            cpu[name].append(1000 * (time.process_time() - start) / len(hop_specs))
+    _report("CPU per second-hop search (ms), same requests", cpu, rounds)
+
+
+def _report(title: str, cpu: dict[str, list[float]], rounds: int) -> None:
+    print(f"{title}, {rounds} rounds:")
+    base = sorted(next(iter(cpu.values())))[rounds // 2]
+    for name, values in cpu.items():
+        median = sorted(values)[rounds // 2]
+        print(f"  {name:26s} " + "  ".join(f"{v:6.3f}" for v in values) + f"   median {median:6.3f}  ({median / base:.2f}x)")
 
 
 def main() -> None:

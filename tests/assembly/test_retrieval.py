@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -29,6 +29,7 @@ from processors.embedding import HashEmbedder
 from processors.tokens import LocalTokenCounter
 from processors.types import Chunk
 from storage.exceptions import StorageUnavailableError
+from storage.semantic import SemanticHit
 from streams.events import EventKind, Role
 from streams.records import RawRecord
 
@@ -196,7 +197,25 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runti
     assert f"{run}-acme-21" in {h.chunk.event_id for h in one_hop}
     assert lease not in {h.chunk.event_id for h in one_hop}
     assert lease in {h.chunk.event_id for h in two_hop}
-    for hits in (top, one_hop, two_hop):
+
+    # Only the first words of each hit expand the query ("My sister Maya ..." keeps "Maya").
+    texts: list[str] = []
+    search_batch = runtime.semantic.search_batch
+
+    async def recorded(tenant: str, scopes: Sequence[str], queries: Sequence[tuple[Sequence[float], str, int]],
+                       *args: Any, **kwargs: Any) -> list[list[SemanticHit]]:
+        texts.extend(text for _, text, _ in queries)
+        return await search_batch(tenant, scopes, queries, *args, **kwargs)
+
+    runtime.semantic.search_batch = recorded  # type: ignore[method-assign]
+    trimmed = await _retrieve(
+        runtime, RetrievalConfig(pool=3, second_hop=3, second_hop_vector=hop_vector, second_hop_words=3), query, scopes
+    )
+    assert lease in {h.chunk.event_id for h in trimmed}
+    first, second = texts
+    assert first == query and second.startswith(query)
+    assert len(second.split()) <= len(query.split()) + 3 * 3
+    for hits in (top, one_hop, two_hop, trimmed):
         assert all(h.chunk.tenant == "acme" for h in hits)
 
 
