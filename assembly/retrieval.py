@@ -94,8 +94,9 @@ LEGACY_RETRIEVAL: Final = RetrievalConfig()
 DEFAULT_RETRIEVAL: Final = RetrievalConfig(
     pool=100, exact_ids=True, second_hop=2, neighbours=8,
     second_hop_vector="mix",
-    # The hits' first 12 words, not all of them: the same recall on both seeds, and the
-    # second hop's search costs about half the CPU (a BM25 query of ~20 terms, not ~45).
+    # The hits' first 12 words, not all of them: the same recall on both seeds, and a
+    # cheaper second-hop search (by hand on the latency bench's corpus: 0.44x the CPU for
+    # a conversation, 0.85x with the kb; bench/edge_search_cost.py: 0.89x).
     second_hop_words=12,
 )
 
