@@ -26,13 +26,13 @@ before it lost those queued for upload; the windows topic has them.
 from __future__ import annotations
 
 import asyncio
-from contextlib import suppress
 import logging
 import os
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final

@@ -39,7 +39,8 @@ from streams.replay import Replayer
 
 
 class ReproduceError(CtxPipeError):
-    """No window was recorded under this trace id for this tenant, or it is unreadable."""
+    """The source topic's positions for a rebuild cannot be read (a missing window is
+    :class:`~assembly.exceptions.WindowNotFoundError`)."""
 
 
 @dataclass(slots=True)

@@ -101,6 +101,12 @@ DEFAULT_RETRIEVAL: Final = RetrievalConfig(
 )
 
 
+def expanded_query(query: str, texts: Sequence[str], words: int) -> str:
+    """The second hop's query text: the query, then the first ``words`` words of each of
+    ``texts`` (0: all of them)."""
+    return " ".join([query, *(" ".join(t.split()[:words]) if words else t for t in texts)])
+
+
 def asks_for_latest(query: str) -> bool:
     return _LATEST_CUES.search(query) is not None
 
@@ -217,8 +223,7 @@ class Retriever:
         embed: Embed,
         known: Mapping[str, SemanticHit],
     ) -> list[Chunk]:
-        words = self.config.second_hop_words
-        expanded = " ".join([query, *(" ".join(ch.text.split()[:words]) if words else ch.text for _, ch in top)])
+        expanded = expanded_query(query, [ch.text for _, ch in top], self.config.second_hop_words)
         mixed = await self._mixed_vector(query, vector, top, known) if self.config.second_hop_vector == "mix" else None
         hop_vector = mixed if mixed is not None else await embed(expanded)
         # The hits the query was expanded with come back first: ask for that many more.

@@ -89,8 +89,6 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx-gc700": {"embedding": {"runtime": "onnx"}, "api": {"gc_threshold": 0}},
     # No gc.freeze() of the start-up objects in the API process.
     "onnx-nofreeze": {"embedding": {"runtime": "onnx"}, "api": {"gc_freeze": False}},
-    # Qdrant Edge in a child process of the server (CTX_QDRANT__EDGE_PROCESS=true, the default).
-    "onnx-edgeproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": True}},
     # No cache of the chunks read back from Edge (CTX_QDRANT__DOC_CACHE_POINTS=0).
     "onnx-nocache": {"embedding": {"runtime": "onnx"}, "qdrant": {"doc_cache_points": 0}},
     # Qdrant Edge inside the server process.

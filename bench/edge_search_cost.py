@@ -33,6 +33,7 @@ import qdrant_edge as qe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from assembly.retrieval import DEFAULT_RETRIEVAL, expanded_query  # noqa: E402
 from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
 from storage.semantic import EdgeSemanticStore  # noqa: E402
 from storage.semantic import edge as edge_module  # noqa: E402
@@ -145,9 +146,9 @@ async def _second_hop(store: EdgeSemanticStore, specs: list[SearchSpec], queries
         (first,) = await store.search_points([spec], set())
         held = {cid for cid, *_ in first}
         texts = [payload_fields(doc)["text"] for _, _, doc, _ in first[:2] if doc is not None]
-        for name, words in (("whole hits", 0), ("first 12 words", 12)):
-            expanded = " ".join(" ".join(t.split()[:words]) if words else t for t in texts)
-            variants[name].append(store._spec(spec.tenant, spec.scopes, spec.vector, f"{query} {expanded}", 102, None))
+        for name, words in (("whole hits", 0), ("first 12 words", DEFAULT_RETRIEVAL.second_hop_words)):
+            text = expanded_query(query, texts, words)
+            variants[name].append(store._spec(spec.tenant, spec.scopes, spec.vector, text, 102, None))
         known.append(held)
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):

@@ -35,7 +35,6 @@ from typing import Any, Final, TypeVar, cast
 import qdrant_edge as qe
 
 from processors.types import Chunk, EmbeddedChunk
-from storage.semantic.doc_cache import DocCache
 from storage.semantic.base import (
     DENSE,
     DOC,
@@ -50,6 +49,7 @@ from storage.semantic.base import (
     chunk_payload,
     tenant_scope,
 )
+from storage.semantic.doc_cache import DocCache
 from storage.semantic.exceptions import (
     SemanticSchemaError,
     SemanticStoreClosed,
