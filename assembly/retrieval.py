@@ -62,6 +62,8 @@ _LATEST_CUES: Final = re.compile(
 class RetrievalConfig:
     # Hybrid (dense + BM25) candidates asked of the store.
     pool: int = 40
+    # Candidates of each signal (dense, BM25) fused into those: this times the pool.
+    prefetch_factor: int = 4
     # Dense-only candidates fused with the hybrid list at ``dense_weight`` (0: off).
     dense_pool: int = 0
     dense_weight: float = 1.0
@@ -98,6 +100,10 @@ DEFAULT_RETRIEVAL: Final = RetrievalConfig(
     # cheaper second-hop search (by hand on the latency bench's corpus: 0.44x the CPU for
     # a conversation, 0.85x with the kb; bench/edge_search_cost.py: 0.89x).
     second_hop_words=12,
+    # 200 candidates a signal, not 400: the same recall on both seeds (1 lost a 1k
+    # question on dev); a knowledge-base search (5k passages) costs ~0.87x the engine CPU
+    # (by hand on the latency bench's corpus), a conversation about the same.
+    prefetch_factor=2,
 )
 
 
@@ -195,7 +201,9 @@ class Retriever:
         # One engine call for both lists (Edge plans them together and decodes each chunk once);
         # the best few of each come with their vectors for the second hop's mixed vector.
         tops = _VECTORS_FOR_TOP if c.second_hop > 0 and c.second_hop_vector == "mix" else 0
-        first_hits = await self.semantic.search_batch(tenant, scopes, queries, vectors_for_top=tops)
+        first_hits = await self.semantic.search_batch(
+            tenant, scopes, queries, vectors_for_top=tops, prefetch_factor=c.prefetch_factor
+        )
         first = [[h.chunk for h in hits] for hits in first_hits]
         weights = [1.0, c.dense_weight]
         scored = fuse(list(zip(weights, first, strict=False)), c.rrf_k)
@@ -229,7 +237,8 @@ class Retriever:
         # The hits the query was expanded with come back first: ask for that many more.
         # Most of its hits were in the first hop: those are not decoded again.
         (hits,) = await self.semantic.search_batch(
-            tenant, scopes, [(hop_vector, expanded, self.config.pool + len(top))], known=known
+            tenant, scopes, [(hop_vector, expanded, self.config.pool + len(top))], known=known,
+            prefetch_factor=self.config.prefetch_factor,
         )
         return [h.chunk for h in hits]
 

@@ -260,14 +260,20 @@ class SemanticStore(AsyncCloseable):
         known: Mapping[str, SemanticHit] | None = None,
         *,
         vectors_for_top: int = 0,
+        prefetch_factor: int = 4,
     ) -> list[list[SemanticHit]]:
         """Several :meth:`search` es (``(vector, query_text, limit)`` each) over the same
         tenant and scopes, one list of hits per query, in order. A backend may run them as one
         engine call; hits whose chunk id is in ``known`` reuse that chunk instead of decoding
         the payload again (the request path searches twice: first hop, then second hop).
         With ``vectors_for_top``, the first that-many hits of each list may carry their
-        stored dense vector (saves a :meth:`dense_vectors` round trip; Edge does it)."""
-        specs = [self._spec(tenant, scopes, v, text, limit, None, vectors_for_top) for v, text, limit in queries]
+        stored dense vector (saves a :meth:`dense_vectors` round trip; Edge does it). Each
+        signal of a hybrid search brings ``prefetch_factor`` times ``limit`` candidates (at
+        least 50) to the fusion."""
+        specs = [
+            self._spec(tenant, scopes, v, text, limit, None, vectors_for_top, prefetch_factor)
+            for v, text, limit in queries
+        ]
         return await self._search_batch(specs, known or {})
 
     def _spec(
@@ -279,6 +285,7 @@ class SemanticStore(AsyncCloseable):
         limit: int,
         kinds: Sequence[EventKind | str] | None,
         vectors_for_top: int = 0,
+        prefetch_factor: int = 4,
     ) -> SearchSpec:
         _check_tenant(tenant)
         if isinstance(scopes, str) or not scopes or not all(scopes):
@@ -286,6 +293,8 @@ class SemanticStore(AsyncCloseable):
             raise SemanticQueryError("search needs a non-empty list of scopes")
         if limit <= 0:
             raise SemanticQueryError(f"limit must be positive, got {limit}")
+        if prefetch_factor < 1:
+            raise SemanticQueryError(f"prefetch_factor must be at least 1, got {prefetch_factor}")
         self._check_vector(vector)
         return SearchSpec(
             tenant=tenant,
@@ -293,7 +302,7 @@ class SemanticStore(AsyncCloseable):
             vector=[float(x) for x in vector],
             sparse=self.encoder.embed_query(query_text),
             limit=limit,
-            prefetch_limit=max(limit * 4, 50),
+            prefetch_limit=max(limit * prefetch_factor, 50),
             kinds=[str(k) for k in kinds] if kinds else None,
             vectors_for_top=vectors_for_top,
         )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 
 import pytest
 from semantic_helpers import make_chunk, near, rand_vector
 
 from processors.types import EmbeddedChunk
 from storage.semantic import SemanticQueryError, SemanticStore
+from storage.semantic.base import SearchSpec, SemanticHit
 from streams.events import EventKind
 
 ACCOUNT = "ACC-99417-ZQ"
@@ -194,3 +196,25 @@ async def test_vectors_for_top_are_the_stored_vectors_when_given(store: Semantic
         assert hit.vector == pytest.approx([x / norm for x in source], abs=1e-5)
     plain = await store.search_batch("acme", ["session:1"], [(items[0].vector, "vector note", 10)])
     assert all(h.vector is None for h in plain[0])
+
+
+async def test_prefetch_factor_sets_the_candidates_of_each_signal(store: SemanticStore) -> None:
+    rng = random.Random(9)
+    items = [make_chunk(f"prefetch note {i}", rand_vector(rng), source_id=f"ev-p{i}") for i in range(4)]
+    await store.upsert(items)
+    seen: list[SearchSpec] = []
+    inner = store._search_batch
+
+    async def spy(specs: Sequence[SearchSpec], known: Mapping[str, SemanticHit]) -> list[list[SemanticHit]]:
+        seen.extend(specs)
+        return await inner(specs, known)
+
+    store._search_batch = spy  # type: ignore[method-assign]
+    query = [(items[0].vector, "prefetch note", 30)]
+    (default,) = await store.search_batch("acme", ["session:1"], query)
+    (two,) = await store.search_batch("acme", ["session:1"], query, prefetch_factor=2)
+    (one,) = await store.search_batch("acme", ["session:1"], query, prefetch_factor=1)
+    assert [s.prefetch_limit for s in seen] == [120, 60, 50]  # at least 50
+    assert {h.chunk.chunk_id for h in default} == {h.chunk.chunk_id for h in two} == {h.chunk.chunk_id for h in one}
+    with pytest.raises(SemanticQueryError, match="prefetch_factor"):
+        await store.search_batch("acme", ["session:1"], query, prefetch_factor=0)
