@@ -156,9 +156,16 @@ def boost_ids(scored: dict[str, tuple[float, Chunk]], ids: Sequence[str]) -> dic
     # One scan of each text for all ids (longest first, so a longer id is not cut short).
     alternatives = "|".join(re.escape(i) for i in sorted(weight, key=len, reverse=True))
     pattern = re.compile(rf"(?<![\w-])({alternatives})(?![\w-])", re.IGNORECASE)
+    # Ids are ASCII (_ID): in an ASCII text, no lower-cased occurrence means no match, and
+    # that test costs ~0.2 us against the regex's ~3 (most candidates hold none of the ids).
+    needles = list(weight)
     out: dict[str, tuple[float, Chunk]] = {}
     for cid, (score, chunk) in scored.items():
-        matched = sum(weight[m] for m in {m.lower() for m in pattern.findall(chunk.text)})
+        text = chunk.text
+        if text.isascii() and not any(n in text.lower() for n in needles):
+            out[cid] = (score, chunk)
+            continue
+        matched = sum(weight[m] for m in {m.lower() for m in pattern.findall(text)})
         out[cid] = (score + matched * top, chunk)
     return out
 

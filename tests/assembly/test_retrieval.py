@@ -67,6 +67,17 @@ def test_exact_ids_rank_first_and_only_whole_ids_match() -> None:
     assert [ch.event_id for _, ch in ranked] == ["t", "o", "l"]
 
 
+def test_boost_ids_finds_ids_in_any_case_and_script() -> None:
+    # The ASCII shortcut must not change what the regex finds: lower/upper case, and a
+    # non-ASCII text whose Kelvin sign (U+212A) the regex matches as "k".
+    texts = {"lower": "see kb-2041 first", "upper": "KB-2041 is open", "kelvin": "\u212aB-2041 is open",
+             "accented": "Ünd KB-2041.", "part": "kb-20410 is another", "none": "nothing here"}
+    scored = fuse([(1.0, [_chunk(name, text) for name, text in texts.items()])], k=60)
+    top = max(s for s, _ in scored.values())
+    boosted = {ch.event_id for s, ch in boost_ids(scored, ["KB-2041"]).values() if s > top}
+    assert boosted == {"lower", "upper", "kelvin", "accented"}
+
+
 def test_latest_cues_and_boost_favour_newer_candidates() -> None:
     assert asks_for_latest("What's my current shipping address?")
     assert asks_for_latest("How many seats are we on now?")
