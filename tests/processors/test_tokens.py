@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 
 from processors.exceptions import TokenCountError
 from processors.tokens import (
+    _ARRAY_FROM_CHARS,
     AnthropicTokenCounter,
     LocalTokenCounter,
     TokenCounter,
     default_counter,
+    _count_array,
+    _count_loop,
     truncate_to_tokens,
 )
 
@@ -49,6 +52,23 @@ def test_local_counter_basics() -> None:
     assert counter.count("1234567890") == 10  # digits are charged one each
     assert counter.count("é") == 2  # UTF-8 bytes
     assert counter.count("word " * 100) >= 100
+
+
+# Texts made of what the rules tell apart: letters, whitespace (a lone space and runs),
+# digits, punctuation, multi-byte characters and a lone surrogate.
+_PIECES = st.text(alphabet="aZq \t\n\r\x0b\x0c09.,-_é€😀\ud800", max_size=80)
+
+
+@given(st.one_of(st.text(), _PIECES))
+def test_array_count_equals_run_by_run_count(text: str) -> None:
+    # Long texts are counted over their bytes with numpy: the same rules, the same number.
+    assert _count_array(text) == _count_loop(text)
+
+
+def test_long_texts_take_the_array_form_with_the_same_count() -> None:
+    text = "Invoice INC-2041:  total 1,234.56 EUR\n\tpaid by Ünal 😀 " * 40
+    assert len(text) >= _ARRAY_FROM_CHARS
+    assert counter.count(text) == _count_loop(text) == _count_array(text)
 
 
 @given(st.text(), st.text())
