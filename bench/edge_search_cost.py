@@ -1,16 +1,19 @@
-"""CPU of the Edge store's part of a request (what the Edge child process spends), side by
-side: the search filter on ``tenant_scope`` against the two conditions it replaced
-(tenant, then scope), each with and without the cache of stored chunks read back.
+"""Engine CPU of the Edge store's searches, side by side: one shard per tenant (the store's
+layout) against one shard for all tenants (the layout before it, whose BM25 prefetch
+computed IDF over a tenant filter), each written in two orders: scope by scope (how
+bench/assembly_latency.py builds its corpus) and interleaved across scopes and tenants
+(how live traffic arrives).
 
-The shard has the shape of bench/assembly_latency.py's corpus, scaled by ``--tenants``:
+The data has the shape of bench/assembly_latency.py's corpus, scaled by ``--tenants``:
 per tenant, 250 conversation scopes of 80 turns and one knowledge base of 5,000
 passages; random unit vectors, texts drawn from a small vocabulary (so BM25 posting
 lists are long, as in a real knowledge base). A request is the service's first hop: one
-hybrid search (RRF of dense + BM25, 400 candidates each) of 100 hits over the
-conversation scope, and for a third of requests the knowledge base too, with payloads
-and the top hits' vectors. Then its second hop, the query expanded with the two best
-hits' texts, whole or their first 12 words. Variants take turns, round after round, so a busy moment of
-this shared machine hits all alike. Run from the project root (no stack needed):
+hybrid search (RRF of dense + BM25) of 100 hits over the conversation scope, and for a
+third of requests the knowledge base too; then its second hop, the query expanded with
+the first 12 words of the two best hits. Only the engine's ``query`` is timed (payloads
+and the doc cache are the same in both layouts). Variants take turns, round after
+round, so a busy moment of this shared machine hits all alike. Run from the project root
+(no stack needed):
 
     python bench/edge_search_cost.py [--tenants 4] [--requests 300] [--rounds 3]
 """
@@ -25,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,8 +41,8 @@ from assembly.retrieval import DEFAULT_RETRIEVAL, expanded_query  # noqa: E402
 from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
 from storage.semantic import EdgeSemanticStore  # noqa: E402
 from storage.semantic import edge as edge_module  # noqa: E402
-from storage.semantic.base import SearchSpec, payload_fields  # noqa: E402
-from storage.semantic.doc_cache import DocCache  # noqa: E402
+from storage.semantic.base import DENSE, SPARSE, SearchSpec, chunk_payload  # noqa: E402
+from storage.semantic.sparse import DEFAULT_ENCODER  # noqa: E402
 from streams.events import EventKind  # noqa: E402
 
 DIM = 384
@@ -46,12 +50,13 @@ SCOPES = 250
 TURNS = 80
 KB = 5_000
 VOCAB = [f"w{i}" for i in range(400)]
+Search = Callable[[SearchSpec], list[qe.ScoredPoint]]
 
 
 def _chunk(tenant: str, scope: str, n: int, rng: random.Random, vector: list[float]) -> EmbeddedChunk:
     source = f"{scope}-{n}"
     text = " ".join(rng.choice(VOCAB) for _ in range(rng.randint(15, 45)))
-    # model_construct: building the shard should not measure pydantic.
+    # model_construct: building the data should not measure pydantic.
     chunk = Chunk.model_construct(
         chunk_id=chunk_id(tenant, source, 0, 0), tenant=tenant, scope=scope, event_id=source, source_id=source,
         kind=EventKind.MESSAGE, role=None, doc_id=None, version=0, index=0, text=text, tokens=len(text.split()),
@@ -60,104 +65,120 @@ def _chunk(tenant: str, scope: str, n: int, rng: random.Random, vector: list[flo
     return EmbeddedChunk.model_construct(chunk=chunk, vector=vector, model="bench")
 
 
-def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, DIM), dtype=np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return v
-
-
-async def build(store: EdgeSemanticStore, tenants: int) -> int:
+def corpus(tenants: int) -> list[EmbeddedChunk]:
     rng, nrng = random.Random(1), np.random.default_rng(1)
-    total = 0
+    items: list[EmbeddedChunk] = []
     for t in range(tenants):
-        tenant = f"t{t}"
-        batch: list[EmbeddedChunk] = []
-        for s in range(SCOPES):
-            vectors = _unit(nrng, TURNS)
-            batch += [_chunk(tenant, f"conv-{s}", n, rng, vectors[n].tolist()) for n in range(TURNS)]
-        vectors = _unit(nrng, KB)
-        batch += [_chunk(tenant, "kb", n, rng, vectors[n].tolist()) for n in range(KB)]
-        for start in range(0, len(batch), 2_000):
-            await store.upsert(batch[start : start + 2_000])
-        total += len(batch)
-    await store.flush()
-    return total
+        for scope, size in [*((f"conv-{s}", TURNS) for s in range(SCOPES)), ("kb", KB)]:
+            vectors = nrng.standard_normal((size, DIM), dtype=np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            items += [_chunk(f"t{t}", scope, n, rng, vectors[n].tolist()) for n in range(size)]
+    return items
 
 
-def _two_conditions(spec: SearchSpec) -> qe.Filter:
-    """The filter before ``tenant_scope``: tenant, then the scopes (no kinds in this bench)."""
-    return qe.Filter(must=[edge_module._eq("tenant", spec.tenant), qe.FieldCondition("scope", match=qe.MatchAny(spec.scopes))])
+def _shared_request(spec: SearchSpec) -> qe.QueryRequest:
+    """The search as the one-shard layout ran it: IDF over the tenant's points (a filter)."""
+    flt = edge_module._scope_filter(spec)
+    dense = qe.Query.Nearest(spec.vector, using=DENSE)
+    sparse = qe.Query.Nearest(qe.SparseVector(spec.sparse.indices, spec.sparse.values), using=SPARSE)
+    idf = qe.SearchParams(idf=qe.IdfParams(corpus=qe.Filter(must=[edge_module._eq("tenant", spec.tenant)])))
+    return qe.QueryRequest(
+        limit=spec.limit,
+        prefetches=[
+            qe.Prefetch(limit=spec.prefetch_limit, query=dense, filter=flt),
+            qe.Prefetch(limit=spec.prefetch_limit, query=sparse, filter=flt, params=idf),
+        ],
+        query=edge_module._RRF, filter=flt, with_payload=False,
+    )
 
 
-_tenant_scope: Callable[[SearchSpec], qe.Filter] = edge_module._scope_filter
+def _search_shared(shard: qe.EdgeShard, spec: SearchSpec) -> list[qe.ScoredPoint]:
+    return shard.query(_shared_request(spec))
+
+
+def _search_tenant(store: EdgeSemanticStore, spec: SearchSpec) -> list[qe.ScoredPoint]:
+    return store._shard_for_write(spec.tenant).query(edge_module._query_request(spec))
+
+
+async def build(root: Path, items: list[EmbeddedChunk], stores: list[EdgeSemanticStore],
+                shards: list[qe.EdgeShard]) -> dict[str, Search]:
+    """The four layouts x orders, each a function running one search on the engine (what
+    was opened is added to ``stores`` and ``shards``, for the caller to close)."""
+    interleaved = items[:]
+    random.Random(3).shuffle(interleaved)
+    searches: dict[str, Search] = {}
+    for order, data in (("scope by scope", items), ("interleaved", interleaved)):
+        shared = edge_module._open_shard(root / f"shared-{order}", DIM)
+        shards.append(shared)
+        points = [
+            qe.Point(i.chunk.chunk_id, {DENSE: i.vector, SPARSE: edge_module._sparse(DEFAULT_ENCODER, i.chunk.text)},
+                     chunk_payload(i))
+            for i in data
+        ]
+        for start in range(0, len(points), 2_000):
+            shared.update(qe.UpdateOperation.upsert_points(points[start : start + 2_000]))
+        shared.flush()
+        searches[f"one shard, {order}"] = partial(_search_shared, shared)
+        store = EdgeSemanticStore.open(root / f"tenants-{order}", DIM, threaded=False)
+        stores.append(store)
+        for start in range(0, len(data), 2_000):
+            await store.upsert(data[start : start + 2_000])
+        await store.flush()
+        searches[f"per tenant, {order}"] = partial(_search_tenant, store)
+    return searches
+
+
+def requests(store_spec: Callable[..., SearchSpec], items: list[EmbeddedChunk], tenants: int, n: int,
+             first: Search) -> tuple[list[SearchSpec], list[SearchSpec]]:
+    """First-hop specs and their second hops (query + the first words of the two best hits)."""
+    rng, nrng = random.Random(2), np.random.default_rng(2)
+    text_of = {i.chunk.chunk_id: i.chunk.text for i in items}
+    hop1: list[SearchSpec] = []
+    hop2: list[SearchSpec] = []
+    for i in range(n):
+        tenant = f"t{rng.randrange(tenants)}"
+        scopes = [f"conv-{rng.randrange(SCOPES)}"] + (["kb"] if i % 3 == 0 else [])
+        text = " ".join(rng.choice(VOCAB) for _ in range(8))
+        vector = nrng.standard_normal(DIM, dtype=np.float32)
+        vector /= np.linalg.norm(vector)
+        pool = DEFAULT_RETRIEVAL.pool
+        spec = store_spec(tenant, scopes, vector.tolist(), text, pool, None, 2, DEFAULT_RETRIEVAL.prefetch_factor)
+        hop1.append(spec)
+        top = [text_of[str(p.id)] for p in first(spec)[:2]]
+        expanded = expanded_query(text, top, DEFAULT_RETRIEVAL.second_hop_words)
+        factor = DEFAULT_RETRIEVAL.prefetch_factor
+        hop2.append(store_spec(tenant, scopes, spec.vector, expanded, pool + 2, None, 0, factor))
+    return hop1, hop2
 
 
 async def run(args: argparse.Namespace) -> None:
-    path = Path(tempfile.mkdtemp(prefix="ctxpipe-edge-cost-"))
-    store = EdgeSemanticStore.open(path, DIM, doc_cache_points=1_000_000, threaded=False)
+    root = Path(tempfile.mkdtemp(prefix="ctxpipe-edge-cost-"))
+    specs_store = EdgeSemanticStore.open(root / "specs", DIM)  # builds specs as the service does
+    stores: list[EdgeSemanticStore] = [specs_store]
+    shards: list[qe.EdgeShard] = []
     try:
         t0 = time.perf_counter()
-        n = await build(store, args.tenants)
-        print(f"shard: {n:,} points ({args.tenants} tenants x ({SCOPES} scopes x {TURNS} turns + {KB:,} kb)), "
-              f"built in {time.perf_counter() - t0:.0f}s")
-        rng, nrng = random.Random(2), np.random.default_rng(2)
-        specs: list[SearchSpec] = []
-        queries: list[str] = []
-        for i in range(args.requests):
-            tenant = f"t{rng.randrange(args.tenants)}"
-            scopes = [f"conv-{rng.randrange(SCOPES)}"] + (["kb"] if i % 3 == 0 else [])
-            text = " ".join(rng.choice(VOCAB) for _ in range(8))
-            queries.append(text)
-            specs.append(store._spec(tenant, scopes, _unit(nrng, 1)[0].tolist(), text, 100, None, vectors_for_top=2))
-        await store.warm_up(1_000_000)  # the service warms up at start, filling the cache
-        warm = store.doc_cache
-        variants = {
-            "two conditions, no cache": (_two_conditions, DocCache(0)),
-            "two conditions, cache": (_two_conditions, warm),
-            "tenant_scope, no cache": (_tenant_scope, DocCache(0)),
-            "tenant_scope, cache": (_tenant_scope, warm),
-        }
-        cpu: dict[str, list[float]] = {name: [] for name in variants}
-        try:
-            for _ in range(args.rounds):
-                for name, (scope_filter, cache) in variants.items():
-                    edge_module._scope_filter = scope_filter
-                    store.doc_cache = cache
-                    start = time.process_time()
-                    for spec in specs:
-                        await store.search_points([spec], set())
-                    cpu[name].append(1000 * (time.process_time() - start) / len(specs))
-        finally:
-            edge_module._scope_filter = _tenant_scope
-            store.doc_cache = warm
-        _report(f"CPU per first-hop search (ms), {args.requests} requests (a third with the kb)", cpu, args.rounds)
-        await _second_hop(store, specs, queries, args.rounds)
+        items = corpus(args.tenants)
+        searches = await build(root, items, stores, shards)
+        print(f"{len(items):,} points ({args.tenants} tenants x ({SCOPES} scopes x {TURNS} turns + {KB:,} kb)), "
+              f"4 copies built in {time.perf_counter() - t0:.0f}s")
+        hop1, hop2 = requests(specs_store._spec, items, args.tenants, args.requests, next(iter(searches.values())))
+        for title, specs in (("first hop", hop1), ("second hop", hop2)):
+            for group, chosen in (("all", specs), ("with the kb", [s for s in specs if "kb" in s.scopes])):
+                cpu: dict[str, list[float]] = {name: [] for name in searches}
+                for _ in range(args.rounds):
+                    for name, search in searches.items():
+                        start = time.process_time()
+                        for spec in chosen:
+                            search(spec)
+                        cpu[name].append(1000 * (time.process_time() - start) / len(chosen))
+                _report(f"{title}, {group} ({len(chosen)} searches): engine CPU per search (ms)", cpu, args.rounds)
     finally:
-        await store.aclose()
-        shutil.rmtree(path, ignore_errors=True)
-
-
-async def _second_hop(store: EdgeSemanticStore, specs: list[SearchSpec], queries: list[str], rounds: int) -> None:
-    """The service's second hop: the query expanded with its two best hits' texts, whole
-    or their first 12 words (RetrievalConfig.second_hop_words), hits already held not sent."""
-    variants: dict[str, list[SearchSpec]] = {"whole hits": [], "first 12 words": []}
-    known: list[set[str]] = []
-    for spec, query in zip(specs, queries, strict=True):
-        (first,) = await store.search_points([spec], set())
-        held = {cid for cid, *_ in first}
-        texts = [payload_fields(doc)["text"] for _, _, doc, _ in first[:2] if doc is not None]
-        for name, words in (("whole hits", 0), ("first 12 words", DEFAULT_RETRIEVAL.second_hop_words)):
-            text = expanded_query(query, texts, words)
-            variants[name].append(store._spec(spec.tenant, spec.scopes, spec.vector, text, 102, None))
-        known.append(held)
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, hop_specs in variants.items():
-            start = time.process_time()
-            for hop, held in zip(hop_specs, known, strict=True):
-                await store.search_points([hop], held)
-            cpu[name].append(1000 * (time.process_time() - start) / len(hop_specs))
-    _report("CPU per second-hop search (ms), same requests", cpu, rounds)
+        for store in stores:
+            await store.aclose()
+        for shard in shards:
+            shard.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _report(title: str, cpu: dict[str, list[float]], rounds: int) -> None:
@@ -165,7 +186,8 @@ def _report(title: str, cpu: dict[str, list[float]], rounds: int) -> None:
     base = sorted(next(iter(cpu.values())))[rounds // 2]
     for name, values in cpu.items():
         median = sorted(values)[rounds // 2]
-        print(f"  {name:26s} " + "  ".join(f"{v:6.3f}" for v in values) + f"   median {median:6.3f}  ({median / base:.2f}x)")
+        runs = "  ".join(f"{v:6.3f}" for v in values)
+        print(f"  {name:28s} {runs}   median {median:6.3f}  ({median / base:.2f}x)")
 
 
 def main() -> None:

@@ -111,9 +111,10 @@ async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
 
 
 async def test_points_stored_by_earlier_versions_are_found_after_reopen(tmp_path: Path) -> None:
-    """Earlier versions stored every chunk field flat (no ``doc``), later ones ``doc``
-    without ``tenant_scope``: opening such a shard backfills ``tenant_scope`` (searches
-    filter on it alone), and both kinds of point are searched and read, per tenant."""
+    """Earlier versions kept one shard for all tenants, and stored every chunk field flat
+    (no ``doc``), later ones ``doc`` without ``tenant_scope``: opening such a shard splits
+    it into tenant shards, giving each point ``tenant_scope`` (searches filter on it
+    alone), and both kinds of point are searched and read, per tenant."""
     import qdrant_edge as qe
 
     from storage.semantic.base import TENANT_SCOPE
@@ -134,15 +135,49 @@ async def test_points_stored_by_earlier_versions_are_found_after_reopen(tmp_path
     shard.flush()
     shard.close()
 
+    for _ in range(2):  # split on the first open; the second finds the tenant shards
+        store = EdgeSemanticStore.open(tmp_path, DIM)
+        try:
+            hits = await store.search("acme", ["session:1"], old.vector, "zebras", limit=5)
+            assert {h.chunk.source_id: h.chunk for h in hits} == {"old": old.chunk, "mid": mid.chunk}
+            theirs_hits = await store.search("globex", ["session:1"], old.vector, "zebras", limit=5)
+            assert [h.chunk for h in theirs_hits] == [theirs.chunk]
+            assert sorted(await store.get([old.chunk.chunk_id, mid.chunk.chunk_id]), key=lambda c: c.source_id) == [
+                mid.chunk, old.chunk,
+            ]
+            assert (await store.count("acme"), await store.count("globex")) == (2, 1)
+        finally:
+            await store.aclose()
+        assert not (tmp_path / "edge_config.json").exists() and not (tmp_path / "segments").exists()
+        assert sorted(p.name for p in (tmp_path / "tenants").iterdir()) == ["t-acme", "t-globex"]
+    # Each tenant's shard holds its own points only.
+    alone = qe.EdgeShard.load(str(tmp_path / "tenants" / "t-globex"), _edge_config(DIM))
+    try:
+        records, _ = alone.scroll(qe.ScrollRequest(limit=10, with_payload=["tenant", TENANT_SCOPE]))
+        assert [r.payload for r in records] == [{"tenant": "globex", TENANT_SCOPE: "globex/session:1"}]
+    finally:
+        alone.close()
+
+
+async def test_a_shard_per_tenant_whatever_its_name(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    names = ["acme", "..", ".", "a b", "ünï", "x%2Fy", "with/slash"]
+    items = [make_chunk(f"note of {n}", rand_vector(rng), tenant=n, source_id=f"s-{i}") for i, n in enumerate(names)]
     store = EdgeSemanticStore.open(tmp_path, DIM)
     try:
-        hits = await store.search("acme", ["session:1"], old.vector, "zebras", limit=5)
-        assert {h.chunk.source_id: h.chunk for h in hits} == {"old": old.chunk, "mid": mid.chunk}
-        theirs_hits = await store.search("globex", ["session:1"], old.vector, "zebras", limit=5)
-        assert [h.chunk for h in theirs_hits] == [theirs.chunk]
-        assert sorted(await store.get([old.chunk.chunk_id, mid.chunk.chunk_id]), key=lambda c: c.source_id) == [
-            mid.chunk, old.chunk,
-        ]
+        assert await store.search("nobody", ["session:1"], items[0].vector, "note", limit=5) == []
+        assert await store.count("nobody") == 0
+        assert not (tmp_path / "tenants").exists()  # reads create nothing
+        await store.upsert(items)
+    finally:
+        await store.aclose()
+    dirs = sorted(p.name for p in (tmp_path / "tenants").iterdir())
+    assert len(dirs) == len(names) and all(d.startswith("t-") and "/" not in d for d in dirs)
+    store = EdgeSemanticStore.open(tmp_path, DIM)
+    try:
+        for item in items:
+            hits = await store.search(item.chunk.tenant, ["session:1"], item.vector, "note", limit=5)
+            assert [h.chunk for h in hits] == [item.chunk]
     finally:
         await store.aclose()
 
