@@ -12,10 +12,7 @@ Two counters:
 from __future__ import annotations
 
 import os
-import re
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
-
-import numpy as np
 
 from processors.exceptions import TokenCountError
 
@@ -38,16 +35,14 @@ class TokenCounter(Protocol):
         ...
 
 
-_LETTER_RUN = re.compile(r"[A-Za-z]+")
-_WS_RUN = re.compile(r"[ \t\n\r\f\v]+")
-_DIGIT = re.compile(r"[0-9]")
-# Byte classes for long texts (_count_array): 1 ASCII letter, 2 whitespace.
-_BYTE_CLASS: Final = np.zeros(256, dtype=np.int8)
-_BYTE_CLASS[[*range(ord("A"), ord("Z") + 1), *range(ord("a"), ord("z") + 1)]] = 1
-_BYTE_CLASS[[ord(c) for c in " \t\n\r\f\v"]] = 2
-# From this length on, the array form costs less than the loop over runs (by hand: 1 kB
-# 29 against 41 us, 4 kB 40 against 165, 23 kB 250 against 800).
-_ARRAY_FROM_CHARS: Final = 1024
+# Byte tables for LocalTokenCounter.count: ASCII letters -> "a", whitespace -> "s" (a
+# space) or "w" (the rest), every other byte -> " " (so bytes.split() yields the runs).
+_LETTER_BYTES: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_LETTERS_ONLY: Final = bytes(ord("a") if b in _LETTER_BYTES else ord(" ") for b in range(256))
+_WHITESPACE_ONLY: Final = bytes(
+    ord("s") if b == ord(" ") else ord("w") if b in b"\t\n\r\x0b\x0c" else ord(" ") for b in range(256)
+)
+_W_AS_S: Final = bytes.maketrans(b"w", b"s")
 
 
 class LocalTokenCounter:
@@ -90,53 +85,22 @@ class LocalTokenCounter:
     """
 
     def count(self, text: str) -> int:
-        if not text:
-            return 0
-        return _count_array(text) if len(text) >= _ARRAY_FROM_CHARS else _count_loop(text)
-
-
-def _count_loop(text: str) -> int:
-    """:meth:`LocalTokenCounter.count`, run by run (the cheaper form for short texts)."""
-    letter_chars = 0
-    letter_tokens = 0
-    for run in _LETTER_RUN.findall(text):
-        letter_chars += len(run)
-        letter_tokens += (len(run) + 3) // 4
-    ws_chars = 0
-    ws_tokens = 0
-    for run in _WS_RUN.findall(text):
-        ws_chars += len(run)
-        if run != " ":
-            ws_tokens += (len(run) + 3) // 4
-    digits = len(_DIGIT.findall(text))
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    # Every non-ASCII character, charged by its UTF-8 bytes.
-    non_ascii_bytes = len(text.encode("utf-8", "surrogatepass")) - ascii_chars
-    punctuation = ascii_chars - letter_chars - ws_chars - digits
-    return letter_tokens + ws_tokens + digits + punctuation + non_ascii_bytes
-
-
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start offsets and lengths of the runs of True in ``mask``."""
-    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
-    starts = np.flatnonzero(edges == 1)
-    return starts, np.flatnonzero(edges == -1) - starts
-
-
-def _count_array(text: str) -> int:
-    """:meth:`LocalTokenCounter.count` over the UTF-8 bytes with numpy, the same rules:
-    every byte costs one token (a non-ASCII character's bytes, ASCII digits and
-    punctuation) except letters and whitespace, which cost ceil(run / 4) a run (a lone
-    space nothing). Non-ASCII bytes break runs as non-ASCII characters do."""
-    raw = text.encode("utf-8", "surrogatepass")
-    data = np.frombuffer(raw, dtype=np.uint8)
-    kind = _BYTE_CLASS[data]
-    _, letters = _runs(kind == 1)
-    ws_starts, ws = _runs(kind == 2)
-    lone_spaces = int(np.count_nonzero((ws == 1) & (data[ws_starts] == 0x20)))
-    letter_tokens = int(((letters + 3) // 4).sum())
-    ws_tokens = int(((ws + 3) // 4).sum()) - lone_spaces
-    return len(raw) - int(letters.sum()) - int(ws.sum()) + letter_tokens + ws_tokens
+        # The table above over the UTF-8 bytes: every byte costs one token (a non-ASCII
+        # character's bytes, digits, punctuation) except letters and whitespace, which
+        # cost ceil(run / 4) a run (a lone space nothing); non-ASCII bytes break runs as
+        # non-ASCII characters do. Every loop is a bytes method (C): ~3.6 us for a
+        # 180-character text against ~10 for a Python loop over regex runs.
+        raw = text.encode("utf-8", "surrogatepass")
+        letters = raw.translate(_LETTERS_ONLY).split()
+        spaces = raw.translate(_WHITESPACE_ONLY).split()
+        # ceil(n / 4) for every run at once: each run padded with 3, then whole groups of 4.
+        letter_tokens = (b"aaa ".join(letters) + b"aaa").count(b"aaaa") if letters else 0
+        space_tokens = 0
+        if spaces:
+            padded = b"sss ".join(spaces).translate(_W_AS_S) + b"sss"
+            space_tokens = padded.count(b"ssss") - spaces.count(b"s")  # lone spaces are free
+        rest = len(raw) - sum(map(len, letters)) - sum(map(len, spaces))
+        return rest + letter_tokens + space_tokens
 
 
 class AnthropicTokenCounter:
