@@ -187,7 +187,13 @@ class WindowRecorder:
     async def _get_producer(self) -> AIOKafkaProducer:
         async with self._producer_lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks=1, linger_ms=5)
+                # A window is ~20 kB of JSON: with the default 16 kB batches each one was its
+                # own batch, and a flush of ~140 windows ~35 produce round trips a partition.
+                # 512 kB batches (under the broker's 1 MB message limit): the broker's CPU
+                # per window fell from 0.21-0.45 to 0.11-0.13 ms (by hand, closed loop).
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self._bootstrap, acks=1, linger_ms=5, max_batch_size=512 * 1024
+                )
                 try:
                     await producer.start()
                 except BaseException:
