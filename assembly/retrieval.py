@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from collections import Counter
 from dataclasses import dataclass
 from typing import Final, Literal
+
+import numpy as np
 
 from assembly.window import Hit
 from ctxpipe.errors import CtxPipeError
@@ -268,13 +269,11 @@ class Retriever:
             if not got or len(got) != len(vector):
                 return None
             parts.append((got, ch.text))
-        mixed = [0.0] * len(vector)
-        for v, text in parts:
-            w = float(max(1, len(text.split())))
-            for i, x in enumerate(v):
-                mixed[i] += w * x
-        norm = math.sqrt(sum(x * x for x in mixed))
-        return [x / norm for x in mixed] if norm > 0 else None
+        # float64 like the Python sums this replaced (~0.1 ms of loop on the event loop).
+        weights = np.array([max(1, len(text.split())) for _, text in parts], dtype=np.float64)
+        mixed = weights @ np.array([v for v, _ in parts], dtype=np.float64)
+        norm = float(np.linalg.norm(mixed))
+        return (mixed / norm).tolist() if norm > 0 else None
 
     async def _turns(
         self, tenant: str, scope: str, wanted: set[str], known: asyncio.Future[list[Chunk] | None] | None
