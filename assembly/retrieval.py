@@ -240,7 +240,9 @@ class Retriever:
         known: Mapping[str, SemanticHit],
     ) -> list[Chunk]:
         expanded = expanded_query(query, [ch.text for _, ch in top], self.config.second_hop_words)
-        mixed = await self._mixed_vector(query, vector, top, known) if self.config.second_hop_vector == "mix" else None
+        mixed = None
+        if self.config.second_hop_vector == "mix":
+            mixed = await self._mixed_vector(tenant, query, vector, top, known)
         hop_vector = mixed if mixed is not None else await embed(expanded)
         # The hits the query was expanded with come back first: ask for that many more.
         # Most of its hits were in the first hop: those are not decoded again.
@@ -251,7 +253,12 @@ class Retriever:
         return [h.chunk for h in hits]
 
     async def _mixed_vector(
-        self, query: str, vector: Sequence[float], top: Sequence[tuple[float, Chunk]], known: Mapping[str, SemanticHit]
+        self,
+        tenant: str,
+        query: str,
+        vector: Sequence[float],
+        top: Sequence[tuple[float, Chunk]],
+        known: Mapping[str, SemanticHit],
     ) -> list[float] | None:
         """The query's vector and the hits' stored vectors, averaged by word count and
         normalized; None when a vector is missing (the caller embeds the text instead)."""
@@ -262,7 +269,7 @@ class Retriever:
                 stored[ch.chunk_id] = hit.vector
         missing = [ch.chunk_id for _, ch in top if ch.chunk_id not in stored]
         if missing:  # fused from deeper in the lists than the search sent vectors for
-            stored.update(await self.semantic.dense_vectors(missing))
+            stored.update(await self.semantic.dense_vectors(tenant, missing))
         parts: list[tuple[Sequence[float], str]] = [(vector, query)]
         for _, ch in top:
             got = stored.get(ch.chunk_id)

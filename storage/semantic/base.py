@@ -318,8 +318,9 @@ class SemanticStore(AsyncCloseable):
         return 0
 
     @abstractmethod
-    async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
-        """The stored dense vectors of these chunks by chunk id (missing ids left out)."""
+    async def dense_vectors(self, tenant: str, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        """The stored dense vectors of these chunks of ``tenant`` by chunk id (missing ids,
+        and ids of other tenants' chunks, left out)."""
 
     @abstractmethod
     async def get(self, chunk_ids: Sequence[str]) -> list[Chunk]:

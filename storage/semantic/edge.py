@@ -289,7 +289,7 @@ class EdgeSemanticStore(PointSearchStore):
 
         return await self._run(count)
 
-    # By id, without a tenant: every shard is asked (chunk ids are unique across tenants).
+    # By id, without a tenant (tests and debugging): every shard is asked.
     async def get(self, chunk_ids: Sequence[str]) -> list[Chunk]:
         ids: list[qe.PointId] = list(chunk_ids)
 
@@ -302,9 +302,14 @@ class EdgeSemanticStore(PointSearchStore):
 
         return await self._run(get)
 
-    async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+    async def dense_vectors(self, tenant: str, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
         ids: list[qe.PointId] = list(chunk_ids)
-        return await self._run(lambda: {k: v for shard in self._all_shards() for k, v in _dense(shard, ids).items()})
+
+        def read() -> dict[str, list[float]]:
+            shard = self._shard(tenant)
+            return {} if shard is None else _dense(shard, ids)
+
+        return await self._run(read)
 
     async def warm_up(self, max_points: int) -> int:
         """Scroll the ``doc`` payloads: Edge keeps payloads on disk and a point's first read
@@ -507,11 +512,9 @@ def _split_shared_shard(root: Path, dimension: int, shards: dict[str, qe.EdgeSha
             while True:
                 request = qe.ScrollRequest(offset=offset, limit=1024, filter=flt, with_payload=True, with_vector=True)
                 records, offset = old.scroll(request)
-                points = [
-                    # tenant_scope: points written before it existed get it here.
-                    qe.Point(r.id, cast(Any, r.vector), {**(r.payload or {}), TENANT_SCOPE: tenant_scope(tenant, scope)})
-                    for r in records
-                ]
+                # tenant_scope: points written before it existed get it here.
+                extra = {TENANT_SCOPE: tenant_scope(tenant, scope)}
+                points = [qe.Point(r.id, cast(Any, r.vector), {**(r.payload or {}), **extra}) for r in records]
                 shards[tenant].update(qe.UpdateOperation.upsert_points(points))
                 if offset is None:
                     break

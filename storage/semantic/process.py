@@ -215,8 +215,8 @@ class EdgeProcessStore(PointSearchStore):
         result: list[Chunk] = await self._call("get", list(chunk_ids))
         return result
 
-    async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
-        result: dict[str, list[float]] = await self._call("dense_vectors", list(chunk_ids))
+    async def dense_vectors(self, tenant: str, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+        result: dict[str, list[float]] = await self._call("dense_vectors", tenant, list(chunk_ids))
         return result
 
     async def warm_up(self, max_points: int) -> int:

@@ -203,13 +203,15 @@ class ServerSemanticStore(SemanticStore):
         )
         return [chunk_from_payload(r.id, r.payload or {}) for r in records]
 
-    async def dense_vectors(self, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
+    async def dense_vectors(self, tenant: str, chunk_ids: Sequence[str]) -> dict[str, list[float]]:
         ids: list[models.ExtendedPointId] = list(chunk_ids)
         records = await self._call(
-            self._live().retrieve(self.collection, ids, with_payload=False, with_vectors=[DENSE])
+            self._live().retrieve(self.collection, ids, with_payload=["tenant"], with_vectors=[DENSE])
         )
         out: dict[str, list[float]] = {}
         for r in records:
+            if (r.payload or {}).get("tenant") != tenant:
+                continue
             vector = r.vector.get(DENSE) if isinstance(r.vector, dict) else None
             if isinstance(vector, list) and all(isinstance(x, float) for x in vector):
                 out[str(r.id)] = cast(list[float], vector)

@@ -194,9 +194,9 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runti
     fetched: list[list[str]] = []
     dense_vectors = runtime.semantic.dense_vectors
 
-    async def counted(ids: Sequence[str]) -> dict[str, list[float]]:
+    async def counted(tenant: str, ids: Sequence[str]) -> dict[str, list[float]]:
         fetched.append(list(ids))
-        return await dense_vectors(ids)
+        return await dense_vectors(tenant, ids)
 
     runtime.semantic.dense_vectors = counted  # type: ignore[method-assign]
     two_hop = await _retrieve(

@@ -172,8 +172,15 @@ async def test_dense_vectors_returns_the_stored_vectors(store: SemanticStore) ->
     items = [make_chunk(f"text {i}", rand_vector(rng), source_id=f"ev-v{i}") for i in range(3)]
     await store.upsert(items)
     missing = "00000000-0000-0000-0000-000000000000"
-    got = await store.dense_vectors([items[0].chunk.chunk_id, items[2].chunk.chunk_id, missing])
-    assert set(got) == {items[0].chunk.chunk_id, items[2].chunk.chunk_id}
+    theirs = make_chunk("their text", rand_vector(rng), tenant="globex", source_id="ev-v-theirs")
+    await store.upsert([theirs])
+    got = await store.dense_vectors(
+        "acme", [items[0].chunk.chunk_id, items[2].chunk.chunk_id, missing, theirs.chunk.chunk_id]
+    )
+    assert set(got) == {items[0].chunk.chunk_id, items[2].chunk.chunk_id}  # not globex's
+    assert set(await store.dense_vectors("globex", [theirs.chunk.chunk_id, items[0].chunk.chunk_id])) == {
+        theirs.chunk.chunk_id
+    }
     for item in (items[0], items[2]):
         norm = sum(x * x for x in item.vector) ** 0.5  # cosine collections store unit vectors
         assert got[item.chunk.chunk_id] == pytest.approx([x / norm for x in item.vector], abs=1e-5)
