@@ -163,7 +163,8 @@ def boost_ids(scored: dict[str, tuple[float, Chunk]], ids: Sequence[str]) -> dic
     out: dict[str, tuple[float, Chunk]] = {}
     for cid, (score, chunk) in scored.items():
         text = chunk.text
-        if text.isascii() and not any(n in text.lower() for n in needles):
+        lowered = text.lower()
+        if text.isascii() and not any(n in lowered for n in needles):
             out[cid] = (score, chunk)
             continue
         matched = sum(weight[m] for m in {m.lower() for m in pattern.findall(text)})

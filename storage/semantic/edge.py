@@ -508,12 +508,12 @@ def _split_shared_shard(root: Path, dimension: int, shards: dict[str, qe.EdgeSha
             if tenant not in shards:
                 shards[tenant] = _open_shard(_tenant_path(root, tenant), dimension)
             flt = qe.Filter(must=[_eq("tenant", tenant), _eq("scope", scope)])
+            # tenant_scope: points written before it existed get it here.
+            extra = {TENANT_SCOPE: tenant_scope(tenant, scope)}
             offset = None
             while True:
                 request = qe.ScrollRequest(offset=offset, limit=1024, filter=flt, with_payload=True, with_vector=True)
                 records, offset = old.scroll(request)
-                # tenant_scope: points written before it existed get it here.
-                extra = {TENANT_SCOPE: tenant_scope(tenant, scope)}
                 points = [qe.Point(r.id, cast(Any, r.vector), {**(r.payload or {}), **extra}) for r in records]
                 shards[tenant].update(qe.UpdateOperation.upsert_points(points))
                 if offset is None:
