@@ -31,6 +31,9 @@ PATH = "/v1/context"
 # Open loop: the client never holds more connections than this; requests beyond it wait
 # in the client, and that wait still counts (latency is from the scheduled time).
 MAX_CONNECTIONS = 256
+# A connection idle this long is not reused: uvicorn closes keep-alive connections after
+# 5 s idle, and a request sent as it closes fails for the client's sake, not the server's.
+IDLE_S = 4.0
 
 
 @dataclass(slots=True)
@@ -58,7 +61,7 @@ class Pool:
     host: str
     port: int
     limit: int
-    _idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(default_factory=list)
+    _idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = field(default_factory=list)
     _slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,22 +74,42 @@ class Pool:
         ).encode() + body
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
-        """(status, body) of one prebuilt request."""
+        """(status, body) of one prebuilt request. A reused connection the server closed
+        before answering (nothing read) is replaced by a new one, once, as browsers do."""
         async with self._slots:
-            conn = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
-            try:
-                status, payload, keep = await _exchange(*conn, request)
-            except BaseException:
-                conn[1].close()
-                raise
-            if keep:
-                self._idle.append(conn)
+            now = asyncio.get_running_loop().time()
+            while self._idle:
+                reader, writer, since = self._idle.pop()
+                if now - since < IDLE_S and not reader.at_eof():
+                    break
+                writer.close()
             else:
-                conn[1].close()
-            return status, payload
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                return await self._exchange(reader, writer, request)
+            try:
+                return await self._exchange(reader, writer, request)
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            return await self._exchange(reader, writer, request)
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+    ) -> tuple[int, bytes]:
+        try:
+            status, payload, keep = await _exchange(reader, writer, request)
+        except BaseException:
+            writer.close()
+            raise
+        if keep:
+            self._idle.append((reader, writer, asyncio.get_running_loop().time()))
+        else:
+            writer.close()
+        return status, payload
 
     def close(self) -> None:
-        for _, writer in self._idle:
+        for _, writer, _ in self._idle:
             writer.close()
         self._idle.clear()
 

@@ -58,7 +58,8 @@ async def server() -> AsyncIterator[tuple[str, int]]:
     app = Starlette(routes=[Route("/v1/context", _context, methods=["POST"])])
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    # Idle keep-alive connections closed after 0.3 s (uvicorn's default is 5 s).
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=0.3))
     task = asyncio.create_task(srv.serve(sockets=[sock]))
     while not srv.started:
         await asyncio.sleep(0.01)
@@ -108,3 +109,69 @@ async def test_refused_connection_is_an_error() -> None:
     sock.close()  # nothing listens there now
     r = await _run("127.0.0.1", port, _bodies("ok"), mode="open", rate=10.0, duration=0.2)
     assert r["ok"] == 0 and sum(r["errors"].values()) == 2
+
+
+async def test_connection_closed_by_the_server_while_idle_is_replaced(
+    server: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loadgen, "IDLE_S", 60.0)
+    pool = loadgen.Pool(*server, limit=1)
+    request = pool.request(loadgen.PATH, b'{"how": "ok"}')
+    try:
+        assert (await pool.send(request))[0] == 200
+        await asyncio.sleep(0.8)  # the server closes it; the client sees end of file
+        assert (await pool.send(request))[0] == 200
+    finally:
+        pool.close()
+
+
+async def test_request_on_a_connection_closing_under_it_is_sent_again() -> None:
+    # A raw server: the first connection answers one request, then closes on the next
+    # without a byte (a keep-alive timeout racing the request); later ones answer all.
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: application/json\r\n\r\n{}"
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        try:
+            for n in range(1, 100):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if first and n == 2:
+                    return
+                writer.write(ok)
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    pool = loadgen.Pool("127.0.0.1", port, limit=1)
+    request = pool.request(loadgen.PATH, b"{}")
+    try:
+        assert await pool.send(request) == (200, b"{}")
+        assert await pool.send(request) == (200, b"{}")
+        assert connections == 2
+    finally:
+        pool.close()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_connection_idle_too_long_is_not_reused(server: tuple[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loadgen, "IDLE_S", 0.1)
+    pool = loadgen.Pool(*server, limit=1)
+    request = pool.request(loadgen.PATH, b'{"how": "ok"}')
+    try:
+        await pool.send(request)
+        (first,) = pool._idle
+        await asyncio.sleep(0.2)
+        await pool.send(request)
+        (second,) = pool._idle
+        assert second[1] is not first[1] and first[1].is_closing()
+    finally:
+        pool.close()
