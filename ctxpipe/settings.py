@@ -129,6 +129,10 @@ class StackSettings(_Group):
     s3proxy_version: str = "4.1.0"
     kafka_heap: str = "512m"
     s3proxy_heap: str = "256m"
+    # Kafka and S3Proxy start at this nice level (0-19): where they share the cores with the
+    # service (a dev box, the benches), logging and archiving served windows yield to
+    # answering requests. Redis, read on every request, keeps the normal priority.
+    background_nice: int = Field(default=10, ge=0, le=19)
     start_timeout_s: float = Field(default=90.0, gt=0)
     stop_timeout_s: float = Field(default=30.0, gt=0)
 

@@ -268,6 +268,11 @@ class _Service(ABC):
     @abstractmethod
     def healthy(self) -> bool: ...
 
+    @property
+    def nice(self) -> int:
+        """Nice level the server starts at (inherited by all its threads)."""
+        return 0
+
     def secrets(self) -> list[str]:
         return []
 
@@ -309,6 +314,11 @@ class _JavaService(_Service):
     artifact: str
     pom_dir: str
     version_setting: str
+
+    @property
+    def nice(self) -> int:
+        # Kafka and S3Proxy are the background of a request (the window log and archive).
+        return self.settings.stack.background_nice
 
     @property
     @abstractmethod
@@ -835,7 +845,10 @@ class Stack:
         svc.prepare()
         with svc.log.open("a") as log:
             log.write(f"\n=== ctxpipe stack: starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        rec = _spawn(svc.command(), svc.log, self.home, svc.env())
+        command = svc.command()
+        if svc.nice:
+            command = ["nice", "-n", str(svc.nice), *command]
+        rec = _spawn(command, svc.log, self.home, svc.env())
         svc.pidfile.write_text(f"{rec.pid} {rec.start_time} {rec.pgid}\n")
         try:
             self._wait_healthy(svc, rec)

@@ -25,6 +25,10 @@ def _pid_gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def _processes_under(home: Path) -> list[int]:
     """Live processes whose command line mentions ``home`` (our servers always do)."""
     found = []
@@ -87,6 +91,10 @@ def test_down_leaves_no_process(stack: Stack, tmp_path: Path) -> None:
         assert iso.up() == {"redis", "kafka", "s3"}
         pids = iso.pids()
         assert len(pids) == 3 and _processes_under(iso.home)
+        # The window log and archive yield to requests; Redis is on every request's path.
+        background = iso.settings.stack.background_nice
+        assert background > 0
+        assert {n: _nice(p) for n, p in pids.items()} == {"redis": 0, "kafka": background, "s3": background}
         assert iso.up() == set() and iso.pids() == pids  # reuse, also for a fresh Stack object
     finally:
         stopped = iso.down()
