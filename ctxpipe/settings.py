@@ -87,6 +87,10 @@ class QdrantSettings(_Group):
     # Stored chunks read back from Edge kept in memory by the store (storage/semantic/
     # doc_cache.py): ~0.7 kB each, so 200k is ~150 MB; 0: off.
     doc_cache_points: int = Field(default=200_000, ge=0)
+    # Threads in each tenant shard's search pool (Edge's default is one per CPU): one
+    # search serves one request, and concurrent requests fill the cores; two threads
+    # cost ~1.3x the CPU per search here (storage/semantic/edge.py).
+    edge_search_threads: int = Field(default=1, ge=1)
     url: str = "http://127.0.0.1:6333"
     api_key: SecretStr | None = None
     collection: str = "context_chunks"

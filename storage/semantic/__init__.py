@@ -48,12 +48,16 @@ __all__ = [
 async def open_semantic_store(settings: QdrantSettings, dimension: int) -> SemanticStore:
     """Open (creating if needed) the store; close it with ``await store.aclose()`` (or use it as an async context manager)."""
     if settings.mode == "edge":
-        cache = settings.doc_cache_points
+        cache, threads = settings.doc_cache_points, settings.edge_search_threads
         if settings.edge_process:
-            return await EdgeProcessStore.open(settings.edge_path, dimension, doc_cache_points=cache)
+            return await EdgeProcessStore.open(
+                settings.edge_path, dimension, doc_cache_points=cache, search_threads=threads
+            )
         # Loading segments is disk work: keep it off the event loop.
         return await asyncio.to_thread(
-            functools.partial(EdgeSemanticStore.open, settings.edge_path, dimension, doc_cache_points=cache)
+            functools.partial(
+                EdgeSemanticStore.open, settings.edge_path, dimension, doc_cache_points=cache, search_threads=threads
+            )
         )
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     # No client/server version probe: it runs in a background thread at construction and

@@ -24,6 +24,13 @@ split into tenant shards when opened (:func:`_split_shared_shard`).
 Payloads read back are kept in a :class:`~storage.semantic.doc_cache.DocCache`
 (``qdrant.doc_cache_points``): Edge's payload read was ~15 % of the child's samples.
 
+Each shard's search thread pool has one thread (``qdrant.edge_search_threads``), not
+Edge's default of one per CPU: a search here is one request's, and concurrent requests
+already keep the cores busy. With the default pool the Edge child's threads were
+preempted ~300 times per request under load, and replaying 800 recorded search calls
+against the bench shard cost 0.93-1.17 ms of CPU a call with two threads (the default on
+2 CPUs) against 0.79-0.82 ms with one (by hand, 3 runs each, taking turns).
+
 Edge has no background optimizer: points stay in plain (brute-force) segments until
 ``optimize()`` is called. Tenant/scope-filtered searches are served from the payload
 index and stay fast anyway (see bench/semantic_search.py); call ``optimize()`` from a
@@ -92,11 +99,13 @@ _WARM_UP_SLICE: Final = 256
 _ENGINE_THREADS: Final = 4
 
 
-def _edge_config(dimension: int) -> qe.EdgeConfig:
+def _edge_config(dimension: int, search_threads: int = 1) -> qe.EdgeConfig:
     return qe.EdgeConfig(
         vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
         # IDF is computed by the engine at query time; sparse.py stores only the TF part.
         sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        # Each shard's own pool of search threads (the engine's default: one per CPU).
+        max_search_threads=search_threads,
     )
 
 
@@ -110,6 +119,7 @@ class EdgeSemanticStore(PointSearchStore):
         encoder: Bm25Encoder = DEFAULT_ENCODER,
         *,
         doc_cache_points: int = 0,
+        search_threads: int = 1,
         threaded: bool = True,
     ) -> None:
         """Use :meth:`open`; this only wires up already opened tenant shards."""
@@ -119,6 +129,7 @@ class EdgeSemanticStore(PointSearchStore):
         self._shards_lock = threading.Lock()  # creation, from engine threads when threaded
         self._lock_fd = lock_fd
         self.path = path
+        self._search_threads = search_threads
         self._executor = (
             ThreadPoolExecutor(max_workers=_ENGINE_THREADS, thread_name_prefix="qdrant-edge") if threaded else None
         )
@@ -132,12 +143,16 @@ class EdgeSemanticStore(PointSearchStore):
         encoder: Bm25Encoder = DEFAULT_ENCODER,
         *,
         doc_cache_points: int = 0,
+        search_threads: int = 1,
         threaded: bool = True,
     ) -> EdgeSemanticStore:
         """Open the store at ``path``: reload the tenant shards there (data survives via
         WAL and segments), after splitting a shard of the earlier one-for-all layout.
         ``threaded=False`` runs engine calls on the calling event loop (a process that
-        does nothing else: the Edge child); ``doc_cache_points``: see :class:`DocCache`."""
+        does nothing else: the Edge child); ``doc_cache_points``: see :class:`DocCache`;
+        ``search_threads``: each tenant shard's search thread pool (see the module doc)."""
+        if search_threads < 1:
+            raise ValueError(f"search_threads must be at least 1, got {search_threads}")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(path)
@@ -145,17 +160,20 @@ class EdgeSemanticStore(PointSearchStore):
         try:
             _check_store_file(path, dimension)
             if (path / _CONFIG_FILE).exists():
-                _split_shared_shard(path, dimension, shards)
+                _split_shared_shard(path, dimension, shards, search_threads)
             for tenant, where in _tenant_dirs(path):
                 if tenant not in shards:
-                    shards[tenant] = _open_shard(where, dimension)
+                    shards[tenant] = _open_shard(where, dimension, search_threads)
             _write_store_file(path, dimension)
         except BaseException:
             for shard in shards.values():
                 shard.close()
             os.close(lock_fd)  # closing the fd drops the flock
             raise
-        return cls(shards, lock_fd, path, dimension, encoder, doc_cache_points=doc_cache_points, threaded=threaded)
+        return cls(
+            shards, lock_fd, path, dimension, encoder,
+            doc_cache_points=doc_cache_points, search_threads=search_threads, threaded=threaded,
+        )
 
     # -- engine calls -------------------------------------------------------------------
 
@@ -188,7 +206,7 @@ class EdgeSemanticStore(PointSearchStore):
             if shards is None:
                 raise SemanticStoreClosed(f"the Edge store at {self.path} is closed")
             if tenant not in shards:
-                shards[tenant] = _open_shard(_tenant_path(self.path, tenant), self.dimension)
+                shards[tenant] = _open_shard(_tenant_path(self.path, tenant), self.dimension, self._search_threads)
             return shards[tenant]
 
     def _all_shards(self) -> list[qe.EdgeShard]:
@@ -477,9 +495,9 @@ def _write_store_file(root: Path, dimension: int) -> None:
     tmp.replace(where)
 
 
-def _open_shard(path: Path, dimension: int) -> qe.EdgeShard:
+def _open_shard(path: Path, dimension: int, search_threads: int = 1) -> qe.EdgeShard:
     path.mkdir(parents=True, exist_ok=True)
-    shard = _load_or_create(path, dimension)
+    shard = _load_or_create(path, dimension, search_threads)
     try:
         _ensure_indexes(shard)
     except BaseException:
@@ -488,13 +506,15 @@ def _open_shard(path: Path, dimension: int) -> qe.EdgeShard:
     return shard
 
 
-def _split_shared_shard(root: Path, dimension: int, shards: dict[str, qe.EdgeShard]) -> None:
+def _split_shared_shard(
+    root: Path, dimension: int, shards: dict[str, qe.EdgeShard], search_threads: int = 1
+) -> None:
     """Move every point of a shard of the earlier layout (one for all tenants, at
     ``root``) into its tenant's shard, scope after scope (a scope's points side by side
     search faster than points in arrival order), then remove it. Upserts are idempotent
     and the old shard's config goes first when removing it, so a crash anywhere before
     that repeats the split on the next open and one after it only leaves files behind."""
-    old = _load_or_create(root, dimension)
+    old = _load_or_create(root, dimension, search_threads)
     try:
         pairs: set[tuple[str, str]] = set()
         offset: qe.PointId | None = None
@@ -506,7 +526,7 @@ def _split_shared_shard(root: Path, dimension: int, shards: dict[str, qe.EdgeSha
                 break
         for tenant, scope in sorted(pairs):
             if tenant not in shards:
-                shards[tenant] = _open_shard(_tenant_path(root, tenant), dimension)
+                shards[tenant] = _open_shard(_tenant_path(root, tenant), dimension, search_threads)
             flt = qe.Filter(must=[_eq("tenant", tenant), _eq("scope", scope)])
             # tenant_scope: points written before it existed get it here.
             extra = {TENANT_SCOPE: tenant_scope(tenant, scope)}
@@ -545,8 +565,9 @@ def _locked_message(path: Path) -> str:
     )
 
 
-def _load_or_create(path: Path, dimension: int) -> qe.EdgeShard:
-    config = _edge_config(dimension)
+def _load_or_create(path: Path, dimension: int, search_threads: int = 1) -> qe.EdgeShard:
+    # The thread count is stored with the shard and replaced by the one given here.
+    config = _edge_config(dimension, search_threads)
     try:
         if (path / _CONFIG_FILE).exists():
             # Passing the config makes Edge check the stored vectors are compatible.

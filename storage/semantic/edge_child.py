@@ -17,7 +17,7 @@ from storage.semantic.edge import EdgeSemanticStore
 from storage.semantic.process import CALLS, error_of, frame, read_frame
 
 
-async def _serve(fd: int, path: Path, dimension: int, doc_cache_points: int) -> None:
+async def _serve(fd: int, path: Path, dimension: int, doc_cache_points: int, search_threads: int) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd))
     try:
         # threaded=False: engine calls run on this loop, one at a time, in arrival order.
@@ -25,7 +25,8 @@ async def _serve(fd: int, path: Path, dimension: int, doc_cache_points: int) -> 
         # waking the loop after it was ~10 % of this process's samples (py-spy, bench load).
         store = await asyncio.to_thread(
             functools.partial(
-                EdgeSemanticStore.open, path, dimension, doc_cache_points=doc_cache_points, threaded=False
+                EdgeSemanticStore.open, path, dimension,
+                doc_cache_points=doc_cache_points, search_threads=search_threads, threaded=False,
             )
         )
     except Exception as exc:  # the parent raises it from open()
@@ -76,8 +77,9 @@ def main() -> None:
     ap.add_argument("--path", type=Path, required=True)
     ap.add_argument("--dimension", type=int, required=True)
     ap.add_argument("--doc-cache-points", type=int, default=0)
+    ap.add_argument("--search-threads", type=int, default=1)
     args = ap.parse_args()
-    asyncio.run(_serve(args.fd, args.path, args.dimension, args.doc_cache_points))
+    asyncio.run(_serve(args.fd, args.path, args.dimension, args.doc_cache_points, args.search_threads))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ class EdgeProcessStore(PointSearchStore):
         encoder: Bm25Encoder = DEFAULT_ENCODER,
         *,
         doc_cache_points: int = 0,
+        search_threads: int = 1,
     ) -> EdgeProcessStore:
         """Start the child, which creates or loads the shard at ``path``; raises what the
         in-process :meth:`EdgeSemanticStore.open` would (locked, schema, engine errors).
@@ -121,7 +122,8 @@ class EdgeProcessStore(PointSearchStore):
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "storage.semantic.edge_child", "--fd", str(theirs.fileno()),
-                 "--path", str(path), "--dimension", str(dimension), "--doc-cache-points", str(doc_cache_points)],
+                 "--path", str(path), "--dimension", str(dimension), "--doc-cache-points", str(doc_cache_points),
+                 "--search-threads", str(search_threads)],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                 # No terminal signals: the parent decides when the shard closes (the
                 # child also ends at end of file, when the parent dies).

@@ -4,6 +4,7 @@ and the child-process store (storage.semantic.process)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import subprocess
 import sys
@@ -180,6 +181,34 @@ async def test_a_shard_per_tenant_whatever_its_name(tmp_path: Path) -> None:
             assert [h.chunk for h in hits] == [item.chunk]
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "child"])
+async def test_tenant_shards_search_with_the_configured_thread_count(tmp_path: Path, in_child: bool) -> None:
+    rng = random.Random(12)
+    items = [make_chunk(f"note {i}", rand_vector(rng), tenant=t, source_id=f"s-{i}") for i, t in enumerate(["a", "b"])]
+
+    def threads() -> dict[str, int]:
+        configs = sorted((tmp_path / "edge" / "tenants").glob("*/edge_config.json"))
+        return {p.parent.name: json.loads(p.read_text())["max_search_threads"] for p in configs}
+
+    settings = QdrantSettings(edge_path=tmp_path / "edge", edge_process=in_child)
+    assert settings.edge_search_threads == 1
+    store = await open_semantic_store(settings, DIM)
+    try:
+        await store.upsert(items)  # a shard created by a write
+    finally:
+        await store.aclose()
+    assert threads() == {"t-a": 1, "t-b": 1}
+    store = await open_semantic_store(settings.model_copy(update={"edge_search_threads": 3}), DIM)
+    try:  # shards opened at start take the setting too
+        hits = await store.search("b", ["session:1"], items[1].vector, "note", limit=1)
+        assert [h.chunk for h in hits] == [items[1].chunk]
+    finally:
+        await store.aclose()
+    assert threads() == {"t-a": 3, "t-b": 3}
+    with pytest.raises(ValueError, match="search_threads"):
+        EdgeSemanticStore.open(tmp_path / "other", DIM, search_threads=0)
 
 
 @pytest.mark.parametrize("in_child", [False, True], ids=["in-process", "child"])
