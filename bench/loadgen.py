@@ -77,26 +77,27 @@ class Pool:
         """(status, body) of one prebuilt request. A reused connection the server closed
         before answering (nothing read) is replaced by a new one, once, as browsers do."""
         async with self._slots:
-            now = asyncio.get_running_loop().time()
-            while self._idle:
-                reader, writer, since = self._idle.pop()
-                if now - since < IDLE_S and not reader.at_eof():
-                    break
-                writer.close()
-            else:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                return await self._exchange(reader, writer, request)
-            try:
-                return await self._exchange(reader, writer, request)
-            except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
-                    raise
+            idle = self._take_idle()
+            if idle is not None:
+                try:
+                    return await self._use(*idle, request)
+                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                        raise
             reader, writer = await asyncio.open_connection(self.host, self.port)
-            return await self._exchange(reader, writer, request)
+            return await self._use(reader, writer, request)
 
-    async def _exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-    ) -> tuple[int, bytes]:
+    def _take_idle(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """The most recently used connection still worth reusing; older ones are closed."""
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < IDLE_S and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return None
+
+    async def _use(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
         try:
             status, payload, keep = await _exchange(reader, writer, request)
         except BaseException:
@@ -191,9 +192,11 @@ async def closed_loop(
     return _summary("closed", samples, t0, offered=None, concurrency=clients)
 
 
-async def run(args: argparse.Namespace, host: str, port: int, bodies: list[bytes]) -> dict[str, object]:
+async def run(
+    args: argparse.Namespace, host: str, port: int, bodies: list[bytes], base_path: str = ""
+) -> dict[str, object]:
     pool = Pool(host, port, MAX_CONNECTIONS if args.mode == "open" else args.clients)
-    requests = [pool.request(PATH, b) for b in bodies]
+    requests = [pool.request(base_path.rstrip("/") + PATH, b) for b in bodies]
     try:
         if args.mode == "open":
             return await open_loop(pool, requests, args.rate, args.duration, args.timeout)
@@ -256,7 +259,7 @@ def main() -> None:
         sys.exit("bounded load only: duration <= 120 s, rate <= 2000/s, clients <= 512")
     lines = args.bodies.read_bytes().splitlines()
     bodies = [lines[(args.offset + i) % len(lines)] for i in range(len(lines))]
-    result = asyncio.run(run(args, url.hostname, url.port, bodies))
+    result = asyncio.run(run(args, url.hostname, url.port, bodies, url.path))
     print(json.dumps(result), flush=True)
 
 
