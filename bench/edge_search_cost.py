@@ -38,6 +38,7 @@ import qdrant_edge as qe
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assembly.retrieval import DEFAULT_RETRIEVAL, expanded_query  # noqa: E402
+from ctxpipe.settings import QdrantSettings  # noqa: E402
 from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
 from storage.semantic import EdgeSemanticStore  # noqa: E402
 from storage.semantic import edge as edge_module  # noqa: E402
@@ -46,6 +47,8 @@ from storage.semantic.sparse import DEFAULT_ENCODER  # noqa: E402
 from streams.events import EventKind  # noqa: E402
 
 DIM = 384
+# Both layouts search with the service's thread count.
+SEARCH_THREADS = QdrantSettings().edge_search_threads
 SCOPES = 250
 TURNS = 80
 KB = 5_000
@@ -108,7 +111,7 @@ async def build(root: Path, items: list[EmbeddedChunk], stores: list[EdgeSemanti
     random.Random(3).shuffle(interleaved)
     searches: dict[str, Search] = {}
     for order, data in (("scope by scope", items), ("interleaved", interleaved)):
-        shared = edge_module._open_shard(root / f"shared-{order}", DIM)
+        shared = edge_module._open_shard(root / f"shared-{order}", DIM, SEARCH_THREADS)
         shards.append(shared)
         points = [
             qe.Point(i.chunk.chunk_id, {DENSE: i.vector, SPARSE: edge_module._sparse(DEFAULT_ENCODER, i.chunk.text)},
@@ -119,7 +122,9 @@ async def build(root: Path, items: list[EmbeddedChunk], stores: list[EdgeSemanti
             shared.update(qe.UpdateOperation.upsert_points(points[start : start + 2_000]))
         shared.flush()
         searches[f"one shard, {order}"] = partial(_search_shared, shared)
-        store = EdgeSemanticStore.open(root / f"tenants-{order}", DIM, threaded=False)
+        store = EdgeSemanticStore.open(
+            root / f"tenants-{order}", DIM, search_threads=SEARCH_THREADS, threaded=False
+        )
         stores.append(store)
         for start in range(0, len(data), 2_000):
             await store.upsert(data[start : start + 2_000])

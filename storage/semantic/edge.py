@@ -99,7 +99,7 @@ _WARM_UP_SLICE: Final = 256
 _ENGINE_THREADS: Final = 4
 
 
-def _edge_config(dimension: int, search_threads: int = 1) -> qe.EdgeConfig:
+def _edge_config(dimension: int, search_threads: int) -> qe.EdgeConfig:
     return qe.EdgeConfig(
         vectors={DENSE: qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)},
         # IDF is computed by the engine at query time; sparse.py stores only the TF part.
@@ -495,7 +495,7 @@ def _write_store_file(root: Path, dimension: int) -> None:
     tmp.replace(where)
 
 
-def _open_shard(path: Path, dimension: int, search_threads: int = 1) -> qe.EdgeShard:
+def _open_shard(path: Path, dimension: int, search_threads: int) -> qe.EdgeShard:
     path.mkdir(parents=True, exist_ok=True)
     shard = _load_or_create(path, dimension, search_threads)
     try:
@@ -507,7 +507,7 @@ def _open_shard(path: Path, dimension: int, search_threads: int = 1) -> qe.EdgeS
 
 
 def _split_shared_shard(
-    root: Path, dimension: int, shards: dict[str, qe.EdgeShard], search_threads: int = 1
+    root: Path, dimension: int, shards: dict[str, qe.EdgeShard], search_threads: int
 ) -> None:
     """Move every point of a shard of the earlier layout (one for all tenants, at
     ``root``) into its tenant's shard, scope after scope (a scope's points side by side
@@ -565,7 +565,7 @@ def _locked_message(path: Path) -> str:
     )
 
 
-def _load_or_create(path: Path, dimension: int, search_threads: int = 1) -> qe.EdgeShard:
+def _load_or_create(path: Path, dimension: int, search_threads: int) -> qe.EdgeShard:
     # The thread count is stored with the shard and replaced by the one given here.
     config = _edge_config(dimension, search_threads)
     try:

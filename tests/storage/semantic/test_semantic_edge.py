@@ -131,7 +131,7 @@ async def test_points_stored_by_earlier_versions_are_found_after_reopen(tmp_path
         payload = chunk_payload(item)
         del payload[TENANT_SCOPE]
         points.append(qe.Point(item.chunk.chunk_id, {"dense": item.vector, "bm25": qe.SparseVector([], [])}, payload))
-    shard = qe.EdgeShard.create(str(tmp_path), _edge_config(DIM))
+    shard = qe.EdgeShard.create(str(tmp_path), _edge_config(DIM, 1))
     shard.update(qe.UpdateOperation.upsert_points(points))
     shard.flush()
     shard.close()
@@ -152,7 +152,7 @@ async def test_points_stored_by_earlier_versions_are_found_after_reopen(tmp_path
         assert not (tmp_path / "edge_config.json").exists() and not (tmp_path / "segments").exists()
         assert sorted(p.name for p in (tmp_path / "tenants").iterdir()) == ["t-acme", "t-globex"]
     # Each tenant's shard holds its own points only.
-    alone = qe.EdgeShard.load(str(tmp_path / "tenants" / "t-globex"), _edge_config(DIM))
+    alone = qe.EdgeShard.load(str(tmp_path / "tenants" / "t-globex"), _edge_config(DIM, 1))
     try:
         records, _ = alone.scroll(qe.ScrollRequest(limit=10, with_payload=["tenant", TENANT_SCOPE]))
         assert [r.payload for r in records] == [{"tenant": "globex", TENANT_SCOPE: "globex/session:1"}]
