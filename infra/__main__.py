@@ -35,14 +35,13 @@ def _only(value: str) -> list[str]:
 
 def run(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    stack = Stack(Settings())
+    stack = Stack(Settings(), notify=lambda msg: print(f"stack: {msg}", flush=True))
     t0 = time.monotonic()
     if args.cmd == "up":
         started = stack.up(_only(args.only))
-        for name, pid in stack.pids().items():
-            verb = "started" if name in started else "already running"
-            print(f"{name}: {verb} (pid {pid})")
-        print(f"stack up in {time.monotonic() - t0:.1f}s (home {stack.home})")
+        running = ", ".join(stack.pids())
+        how = f"started in {time.monotonic() - t0:.1f}s" if started else "already running"
+        print(f"stack: {running} up on 127.0.0.1 ({how}; data and logs in {stack.home}/)")
     elif args.cmd == "down":
         stopped = stack.down(_only(args.only))
         print(f"stopped: {', '.join(sorted(stopped)) or 'nothing'}")

@@ -93,3 +93,10 @@ class StopError(StackError):
 
 class StackConfigError(StackError):
     """Settings the local stack cannot serve (unknown service, non-loopback host...)."""
+
+
+class PackageInstallError(ToolNotFoundError):
+    """A program the stack needs is missing and could not be installed here."""
+
+    def __init__(self, tool: str, hint: str) -> None:
+        super().__init__(tool, hint)

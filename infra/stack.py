@@ -41,12 +41,13 @@ import subprocess
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ctxpipe.settings import Settings
+from infra import packages
 from infra.exceptions import (
     DownloadError,
     JavaNotFoundError,
@@ -346,6 +347,7 @@ class _JavaService(_Service):
         mvn = shutil.which("mvn")
         if mvn is None:
             raise MavenNotFoundError()
+        self.stack.notify(f"downloading {self.artifact}:{self.version} from Maven Central (once)")
         tmp = self.jar_dir.with_name(f".{self.jar_dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         mvn_log = self.stack.logs_dir / f"mvn-{self.name}.log"
@@ -534,8 +536,9 @@ class _Redis(_Service):
 
     def check_tools(self) -> None:
         self.check_host(urlsplit(self.settings.redis.url).hostname)
-        if shutil.which("redis-server") is None:
-            raise RedisServerNotFoundError()
+        # A fresh Debian machine has no redis-server: install it from Debian's packages.
+        packages.ensure("redis-server", "redis-server", notify=self.stack.notify,
+                        log=self.stack.logs_dir / "apt-redis-server.log")
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -698,9 +701,11 @@ class Stack:
     """Start, stop and inspect the local servers. Safe to call from several processes:
     ``up``/``down``/``start``/``stop`` hold a file lock under ``run/``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, notify: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.home = settings.stack.home
+        # Long one-time steps (a package install, a jar download) are announced through this.
+        self.notify: Callable[[str], None] = notify or (lambda _: None)
         self._java: str | None = None
         self._services: dict[str, _Service] = {
             "redis": _Redis(self),
