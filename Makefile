@@ -10,19 +10,20 @@ export TRANSFORMERS_OFFLINE := 1
 # installed by `python -m infra` itself when missing.
 install: $(STAMP)
 $(STAMP): pyproject.toml
-	$(PYTHON) -m pip install -q -e '.[dev]'
-	mkdir -p .stack && rm -f .stack/.installed-* && touch $(STAMP)
+	@echo "installing the Python package and its dependencies (once; a few minutes on a fresh machine)"
+	@$(PYTHON) -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
+	@mkdir -p .stack && rm -f .stack/.installed-* && touch $(STAMP)
 
 run: install
-	$(PYTHON) -m infra up
-	$(PYTHON) -m ctxpipe serve --demo
+	@$(PYTHON) -m infra up
+	@$(PYTHON) -m ctxpipe serve --demo
 
 serve: install
-	$(PYTHON) -m infra up
-	$(PYTHON) -m ctxpipe serve
+	@$(PYTHON) -m infra up
+	@$(PYTHON) -m ctxpipe serve
 
 demo: install
-	$(PYTHON) -m ctxpipe demo
+	@$(PYTHON) -m ctxpipe demo
 
 test: install
 	$(PYTHON) -m pytest
@@ -31,10 +32,10 @@ test-fast: install
 	$(PYTHON) -m pytest -m "not stack and not slow"
 
 stop:
-	$(PYTHON) -m infra down
+	@$(PYTHON) -m infra down
 
 status:
-	$(PYTHON) -m infra status
+	@$(PYTHON) -m infra status
 
 typecheck: install
 	$(PYTHON) -m mypy

@@ -188,8 +188,11 @@ class AssemblyService:
         The semantic tier's stored chunks are read once in the background."""
         if self._warming is None and self.settings.qdrant.warm_up_points > 0:
             self._warming = asyncio.create_task(self._warm_semantic(), name="semantic-warm-up")
+        start = time.perf_counter()
         try:
             await asyncio.to_thread(self.query_model.embed, ["warm up"])
+            log.info("embedding model ready: %s (queries: %s) in %.1fs", self.tiers.embedder.model_name,
+                     self.query_model.model_name, time.perf_counter() - start)
         except CtxPipeError as exc:
             fallback = self.tiers.embedder.inner
             if fallback is self.query_model:
@@ -209,7 +212,7 @@ class AssemblyService:
             log.warning("semantic tier warm-up stopped: %s", exc)
             return
         if n:
-            log.info("semantic tier warm-up: %d stored chunks read in %.1fs", n, time.perf_counter() - start)
+            log.debug("semantic tier warm-up: %d stored chunks read in %.1fs", n, time.perf_counter() - start)
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

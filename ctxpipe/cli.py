@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Iterator
 from typing import IO
@@ -17,6 +16,7 @@ import orjson
 from pydantic import ValidationError
 
 from ctxpipe.errors import CtxPipeError
+from ctxpipe.logs import configure_logging
 from ctxpipe.settings import get_settings
 
 
@@ -146,9 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("demo", help="publish demo events to a running service and print the tiers")
     _add_version_commands(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
+        configure_logging(get_settings().log)
         if args.cmd == "publish":
             asyncio.run(_publish(args.path, validate=not args.no_validate))
         elif args.cmd == "serve":

@@ -44,17 +44,22 @@ async def _serve(settings: Settings, demo: bool) -> None:
 
 async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
     api = create_api(lambda: nullcontext(runtime))
-    config = uvicorn.Config(api, host=settings.api.host, port=settings.api.port, log_level="info")
+    # log_config=None: uvicorn keeps the levels and handler of ctxpipe.logs.
+    config = uvicorn.Config(api, host=settings.api.host, port=settings.api.port, log_config=None,
+                            log_level=None, access_log=settings.log.access_log)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    if demo:
-        from ctxpipe.demo import run_demo
+    while not server.started and not task.done():
+        await asyncio.sleep(0.05)
+    if server.started:
+        base = f"http://{settings.api.host}:{settings.api.port}"
+        log.info("API ready at %s (interactive docs at %s/docs)", base, base)
+        if demo:
+            from ctxpipe.demo import run_demo
 
-        while not server.started and not task.done():
-            await asyncio.sleep(0.1)
-        if server.started:
             await run_demo(settings)
-            print(f"service running on http://{settings.api.host}:{settings.api.port} (Ctrl-C stops it)")
+            print(f"\nThe service keeps running on {base} (Ctrl-C stops it; `make stop` then stops the stack).",
+                  flush=True)
     await task
 
 

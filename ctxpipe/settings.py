@@ -285,6 +285,19 @@ class VersionSettings(_Group):
     dropped_grace_s: int = Field(default=3600, ge=0)
 
 
+class LogSettings(_Group):
+    """What the processes print (``ctxpipe.logs``)."""
+
+    # ctxpipe's own messages: start-up stages, warnings, failures.
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Libraries (faust, aiokafka, uvicorn, onnxruntime, httpx...): their INFO is internals.
+    library_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # "json": one JSON object a line, for log collectors in production.
+    format: Literal["text", "json"] = "text"
+    # One line per HTTP request (uvicorn's access log).
+    access_log: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CTX_",
@@ -303,6 +316,7 @@ class Settings(BaseSettings):
     summarizer: SummarizerSettings = SummarizerSettings()
     assembly: AssemblySettings = AssemblySettings()
     versions: VersionSettings = VersionSettings()
+    log: LogSettings = LogSettings()
 
 
 @lru_cache(maxsize=1)

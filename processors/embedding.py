@@ -24,7 +24,8 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
@@ -279,6 +280,48 @@ def _replacing(target: Path, what: str) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _progress(title: str, steps: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar on a terminal (tqdm, which transformers brings), one log line per step
+    elsewhere: the one-time export takes a few seconds and should not look like a hang."""
+    start = time.perf_counter()
+    bar = None
+    with contextlib.suppress(ImportError):
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, desc=title, unit="step", leave=False, disable=None)
+        if bar.disable:  # not a terminal
+            bar = None
+
+    started = 0
+
+    def advance(what: str) -> None:
+        nonlocal started
+        if bar is None:
+            log.info("%s: %s", title, what)
+            return
+        if started:
+            bar.update(1)  # the step before this one is done
+        started += 1
+        bar.set_description(f"{title}: {what}")
+
+    try:
+        yield advance
+    finally:
+        if bar is not None:
+            bar.update(steps - bar.n)
+            bar.close()
+    log.info("embedding model prepared in %.1fs (kept for later starts)", time.perf_counter() - start)
+
+
+class _NoQuantizerChatter(logging.Filter):
+    """onnxruntime's quantizer logs dozens of INFO lines and an advisory WARNING per run
+    straight to the root logger; none of them is actionable here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "quantization" not in record.pathname
+
+
 def _quantize_onnx(source: Path, target: Path) -> None:
     """An int8 copy of the exported graph: dynamic quantization (weights int8, one scale
     per output channel; activations quantized at run time). Per-channel scales keep the
@@ -288,8 +331,14 @@ def _quantize_onnx(source: Path, target: Path) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ModelLoadError(f"quantizing {source} needs onnxruntime's quantization tools: {exc}") from exc
-    with _replacing(target, f"quantizing {source} to int8") as tmp:
-        quantize_dynamic(str(source), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+    chatter = _NoQuantizerChatter()
+    root = logging.getLogger()
+    root.addFilter(chatter)
+    try:
+        with _replacing(target, f"quantizing {source} to int8") as tmp:
+            quantize_dynamic(str(source), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.removeFilter(chatter)
 
 
 def _export_onnx(model_path: Path, target: Path, threads: int) -> None:
@@ -301,8 +350,10 @@ def _export_onnx(model_path: Path, target: Path, threads: int) -> None:
     try:
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ModelLoadError(f"exporting to ONNX needs torch and transformers: {exc}") from exc
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     _configure_torch(threads)
 
     class _Pooled(torch.nn.Module):
@@ -395,12 +446,19 @@ class OnnxEmbedder:
             cached = _SESSIONS.get(key)
             if cached is not None:
                 return cached
-            if not self.onnx_path.is_file():
-                log.info("exporting %s to %s (once)", self.settings.model_name, self.onnx_path)
-                _export_onnx(self._path, self.onnx_path, self._threads)
-            if not self.run_path.is_file():
-                log.info("quantizing %s to %s (once)", self.onnx_path, self.run_path)
-                _quantize_onnx(self.onnx_path, self.run_path)
+            steps: list[tuple[str, Callable[[], None], Path]] = [
+                (f"exporting {self.settings.model_name} to ONNX",
+                 lambda: _export_onnx(self._path, self.onnx_path, self._threads), self.onnx_path),
+                ("quantizing a copy to int8 for queries",
+                 lambda: _quantize_onnx(self.onnx_path, self.run_path), self.run_path),
+            ]
+            todo = [(what, run) for what, run, path in steps if not path.is_file()]
+            if todo:
+                with _progress(f"preparing the embedding model (once, into {self.settings.onnx_dir})",
+                               len(todo)) as advance:
+                    for what, run in todo:
+                        advance(what)
+                        run()
             try:
                 import onnxruntime as ort
                 from tokenizers import Tokenizer

@@ -48,6 +48,13 @@ def create_app(settings: KafkaSettings, pipeline: IngestPipeline, datadir: Path)
     )
     source = app.topic(settings.source_topic, key_type=bytes, value_type=bytes)
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # faust's signal types are too narrow
+    async def _joined(sender: faust.App, assigned: set[Any], **_: Any) -> None:
+        # One line per rebalance: what this worker now reads (faust's own log is internals).
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.source_topic)
+        log.info("worker joined group %s: partitions %s of %s", settings.consumer_group,
+                 ",".join(map(str, mine)) or "none", settings.source_topic)
+
     @app.agent(source, concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
         # noack_take lives on the Stream class, not on the StreamT protocol faust types with.

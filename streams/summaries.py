@@ -333,7 +333,7 @@ class SummaryStage:
         await self.publish(record)
         await self.store.apply(record)
         self._made(record)
-        log.info(
+        log.debug(
             "summarized %d turns (%d tokens) of %s/%s with %s",
             record.covers.count, pending_tokens, tenant, scope, record.method,
         )
@@ -371,7 +371,7 @@ class SummaryStage:
         await self.publish(record)
         await self.store.apply(record)
         self._made(record)
-        log.info("summarized document %s/%s v%s with %s", event.tenant, doc_id, event.version, record.method)
+        log.debug("summarized document %s/%s v%s with %s", event.tenant, doc_id, event.version, record.method)
         return record
 
     def _made(self, record: SummaryRecord) -> None:

@@ -1,0 +1,57 @@
+"""ctxpipe.logs: our own lines at log.level, libraries at log.library_level, text or JSON."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from ctxpipe.logs import OWN_PACKAGES, configure_logging
+from ctxpipe.settings import LogSettings
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {n: logging.getLogger(n).level for n in (*OWN_PACKAGES, "faust", "uvicorn", "uvicorn.error", "uvicorn.access")}
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+    for name, lvl in levels.items():
+        logging.getLogger(name).setLevel(lvl)
+
+
+def _emit(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    logging.getLogger("streams.app").info("worker joined")
+    logging.getLogger("faust.transport").info("Starting...")
+    logging.getLogger("aiokafka.consumer").warning("coordinator dead")
+    logging.getLogger().info("Quantization parameters for tensor not specified")
+    logging.getLogger("uvicorn.access").info('"GET /healthz" 200')
+    return capsys.readouterr().err.splitlines()
+
+
+def test_text_defaults_keep_library_info_out(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogSettings())
+    lines = _emit(capsys)
+    assert len(lines) == 2
+    assert lines[0].endswith("INFO streams.app: worker joined")
+    assert lines[1].endswith("WARNING aiokafka.consumer: coordinator dead")
+
+
+def test_json_lines_and_access_log(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogSettings(format="json", access_log=True, library_level="INFO"))
+    docs = [orjson.loads(line) for line in _emit(capsys)]
+    assert [d["logger"] for d in docs] == ["streams.app", "faust.transport", "aiokafka.consumer", "root", "uvicorn.access"]
+    assert docs[0]["level"] == "info" and docs[0]["message"] == "worker joined"
+    assert docs[0]["ts"].endswith("+00:00")
+
+
+def test_own_level_can_be_raised(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging(LogSettings(level="WARNING"))
+    assert [ln for ln in _emit(capsys) if "streams.app" in ln] == []
