@@ -26,6 +26,7 @@ from storage.hot import EmbeddingCacheRedis, HotStore
 from storage.ledger import EventLedger
 from storage.semantic import open_semantic_store
 from storage.semantic.base import SemanticStore
+from storage.snapshots import run_snapshots
 from streams.app import running_app
 from streams.dlq import KafkaDeadLetterSink
 from streams.ingest import IngestPipeline
@@ -166,6 +167,8 @@ async def open_runtime(
             app = await stack.enter_async_context(running_app(settings.kafka, pipeline))
             lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
             stack.push_async_callback(cancel_and_wait, lag_task)
+            snapshots = asyncio.create_task(run_snapshots(hot, cold, vsettings.redis), name="scope-snapshots")
+            stack.push_async_callback(cancel_and_wait, snapshots)
         runtime = Runtime(settings, hot, semantic, cold, embedder, pipeline, app, version=version, summaries=summaries)
         if settings.versions.pinned is None:
             await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))

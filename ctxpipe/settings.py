@@ -54,6 +54,11 @@ class RedisSettings(_Group):
     hot_max_items: int = Field(default=500, gt=0)
     # How long re-published event ids are recognised (and dropped) after a tenant's last event.
     ledger_ttl_s: int = Field(default=30 * 24 * 3600, gt=0)
+    # A scope idle this long gets a snapshot in the cold tier (read through when its hot
+    # keys have expired); checked every snapshot_poll_s by the worker. Must stay well below
+    # hot_ttl_s.
+    snapshot_after_idle_s: float = Field(default=600.0, gt=0)
+    snapshot_poll_s: float = Field(default=30.0, gt=0)
 
     @property
     def port(self) -> int:

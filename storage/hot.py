@@ -34,7 +34,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import quote
 
 import orjson
@@ -58,6 +58,15 @@ _MGET_BATCH: Final = 500
 # KEYS: items, facts, data, src, meta, summary (only its TTL is touched)
 # ARGV: ttl, cap, wm_partition, wm_offset (-1: none), now, then (zset 'i'|'f', score,
 #       member, json, src) per item
+# KEYS: the written-scopes zset; ARGV: member, the score it had when its snapshot was read.
+_SETTLE_LUA: Final = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
 _UPSERT_LUA: Final = """
 local ttl = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
@@ -203,6 +212,10 @@ def _seg(value: str, what: str) -> str:
     return quote(value, safe="")
 
 
+def _scope_member(tenant: str, scope: str) -> bytes:
+    return orjson.dumps([tenant, scope])
+
+
 def _member(chunk: Chunk) -> str:
     return f"{chunk.index:08d}:{chunk.chunk_id}"
 
@@ -259,6 +272,7 @@ class HotStore(_RedisOwner):
         self._read = self.client.register_script(_READ_LUA)
         self._view = self.client.register_script(_VIEW_LUA)
         self._applied = self.client.register_script(_APPLIED_LUA)
+        self._settle = self.client.register_script(_SETTLE_LUA)
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -276,6 +290,9 @@ class HotStore(_RedisOwner):
 
     def _write_keys(self, tenant: str, scope: str) -> list[str]:
         return [*self._scope_keys(tenant, scope), self.summary_key(tenant, scope)]
+
+    def _written_key(self) -> str:
+        return f"{self.settings.key_prefix}::written"
 
     def _applied_key(self, topic: str) -> str:
         return f"{self.settings.key_prefix}::applied:{_seg(topic, 'topic')}"
@@ -320,6 +337,9 @@ class HotStore(_RedisOwner):
                             f"{c.version}:{c.source_id}",
                         ]
                     await self._upsert(keys=self._write_keys(tenant, scope), args=args, client=pipe)
+                if groups:
+                    # Written scopes wait here until storage.snapshots copies them to the cold tier.
+                    await pipe.zadd(self._written_key(), {_scope_member(t, s): float(now) for t, s in groups})
                 if applied_offsets:
                     await self._queue_applied(pipe, applied_offsets, topic)
                 results: list[Any] = await pipe.execute()
@@ -336,7 +356,30 @@ class HotStore(_RedisOwner):
             removed = await self._remove(
                 keys=keys, args=[source_id, keep, self.settings.hot_ttl_s]
             )
+            if removed:
+                # The scope's snapshot must not bring the removed items back.
+                await self.client.zadd(self._written_key(), {_scope_member(tenant, scope): time.time()})
         return int(removed)
+
+    async def idle_scopes(self, idle_for_s: float, limit: int) -> list[tuple[str, str, float]]:
+        """Scopes written since their last snapshot and idle for ``idle_for_s``: (tenant,
+        scope, the time of the last write), oldest first."""
+        before = time.time() - idle_for_s
+        async with translate_redis_errors("idle_scopes"):
+            rows = await self.client.zrangebyscore(self._written_key(), "-inf", before, start=0, num=limit,
+                                                   withscores=True)
+        out: list[tuple[str, str, float]] = []
+        for member, score in cast(list[tuple[bytes, float]], rows):
+            tenant, scope = orjson.loads(member)
+            out.append((str(tenant), str(scope), float(score)))
+        return out
+
+    async def settle_scope(self, tenant: str, scope: str, written_at: float) -> bool:
+        """Forget that the scope needs a snapshot, unless it was written after ``written_at``
+        (then the next round snapshots it again). True when it was forgotten."""
+        async with translate_redis_errors("settle_scope"):
+            done = await self._settle(keys=[self._written_key()], args=[_scope_member(tenant, scope), repr(written_at)])
+        return bool(done)
 
     async def delete_scope(self, tenant: str, scope: str) -> None:
         """Drop everything of one scope (tenant offboarding, tests)."""
