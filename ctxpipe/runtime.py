@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,8 @@ from aiokafka.errors import KafkaError
 from ctxpipe.errors import CtxPipeError, DependencyUnavailableError
 from ctxpipe.settings import Settings
 from ctxpipe.tasks import cancel_and_wait
-from ctxpipe.versions import ServingWatcher, VersionRegistry, resolve_serving
+from ctxpipe.versions import BASE_VERSION, ServingWatcher, VersionRegistry, resolve_serving, version_settings
+from processors.chunking import ChunkingSettings
 from processors.embedding import CachedEmbedder, Embedder, make_embedder
 from processors.tokens import LocalTokenCounter
 from storage.cold import ColdStore
@@ -29,7 +30,8 @@ from storage.semantic.base import SemanticStore
 from storage.snapshots import run_snapshots
 from streams.app import running_app
 from streams.dlq import KafkaDeadLetterSink
-from streams.ingest import IngestPipeline
+from streams.ingest import BatchResult, IngestPipeline
+from streams.records import RawRecord
 from streams.summaries import SummarizingPipeline, SummaryScheduler, open_summaries
 from streams.lag import track_lag
 from streams.topics import ensure_topics
@@ -48,8 +50,16 @@ class Runtime:
     app: faust.App | None
     # The index version the API serves (ctxpipe.versions); a switch swaps hot/semantic.
     version: str = "base"
-    # The background summary stage (issue 5); None without a worker.
+    # The background summary stage; None without a worker.
     summaries: SummaryScheduler | None = None
+    # The worker's pipeline, which follows the serving version; None without a worker.
+    follower: PipelineFollower | None = None
+
+    async def before_switch(self, name: str, hot: HotStore, semantic: SemanticStore) -> None:
+        """A worker moves its writes to the new serving version first (ServingWatcher)."""
+        if self.follower is not None:
+            self.pipeline = await self.follower.follow(name, hot, semantic)
+            self.summaries = self.follower.summaries
 
     async def health(self) -> dict[str, Any]:
         checks: dict[str, str] = {}
@@ -95,6 +105,108 @@ class Runtime:
             "archived_batches": sum(len(r) for r in ranges.values()),
             "archived_up_to": {p: r[-1][1] for p, r in ranges.items() if r},
         }
+
+
+class PipelineFollower:
+    """The worker's ingest pipeline, on the version being served.
+
+    The faust agent calls :meth:`process`. When the serving version switches (a replay
+    finished, or an operator switched back), :meth:`follow` waits for the batch in flight,
+    applies to the new version what this worker ingested into the old one since that
+    version's applied offsets (the records between the replay's end and the switch), then
+    sends every later batch to the new version. Its summaries move with it.
+    """
+
+    def __init__(self, settings: Settings, cold: ColdStore, embedder: CachedEmbedder,
+                 producer: AIOKafkaProducer, version: str) -> None:
+        self.settings = settings
+        self.cold = cold
+        self.embedder = embedder
+        self.producer = producer
+        self.version = version
+        self.app: faust.App | None = None
+        self.summaries: SummaryScheduler | None = None
+        self._pipeline: IngestPipeline | None = None
+        self._hot: HotStore | None = None
+        self._stack = AsyncExitStack()
+        self._with_summaries = False
+        self._lock = asyncio.Lock()
+
+    async def start(self, hot: HotStore, semantic: SemanticStore, chunking: ChunkingSettings | None,
+                    *, summaries: bool) -> IngestPipeline:
+        self._with_summaries = summaries
+        self._pipeline = await self._open(self._stack, hot, semantic, chunking)
+        self._hot = hot
+        return self._pipeline
+
+    async def _open(self, stack: AsyncExitStack, hot: HotStore, semantic: SemanticStore,
+                    chunking: ChunkingSettings | None) -> IngestPipeline:
+        vsettings = version_settings(self.settings, self.version)
+        summaries = await stack.enter_async_context(
+            open_summaries(self.settings, hot=hot, cold=self.cold, producer=self.producer)
+        ) if self._with_summaries else None
+        self.summaries = summaries
+        return SummarizingPipeline(
+            summaries=summaries,
+            hot=hot,
+            ledger=EventLedger(vsettings.redis, hot.client),
+            semantic=semantic,
+            cold=self.cold,
+            embedder=self.embedder,
+            counter=LocalTokenCounter(),
+            dead_letters=KafkaDeadLetterSink(self.producer, self.settings.kafka.dlq_topic),
+            chunking=chunking,
+        )
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        async with self._lock:
+            assert self._pipeline is not None, "start() first"
+            return await self._pipeline.process(records)
+
+    async def follow(self, name: str, hot: HotStore, semantic: SemanticStore) -> IngestPipeline:
+        async with self._lock:
+            assert self._pipeline is not None and self._hot is not None, "start() first"
+            if name == self.version:
+                return self._pipeline
+            topic = self.settings.kafka.source_topic
+            async with VersionRegistry(self.settings) as registry:
+                info = None if name == BASE_VERSION else await registry.require(name)
+            chunking = None if info is None else info.chunking
+            # What this worker applied to the old version, and how far the new one got.
+            done_old = await self._hot.applied_offsets(topic=topic)
+            done_new = await hot.applied_offsets(topic=topic)
+            mine = self._assigned()
+            start = {p: done_new.get(p, -1) + 1 for p in mine}
+            end = {p: done_old.get(p, -1) + 1 for p in mine}
+            gap = {p: start[p] for p in mine if start[p] < end[p]}
+            if gap:
+                from streams.replay import Replayer  # the composition root wires replay in
+
+                applied = await Replayer(self.settings, name, chunking=chunking or ChunkingSettings(),
+                                         model=self.embedder.inner).apply_range(
+                    hot, semantic, self.cold, gap, {p: end[p] for p in gap})
+                log.info("worker caught version %s up on %d records before following it", name, applied)
+            stack = AsyncExitStack()
+            self.version = name
+            try:
+                pipeline = await self._open(stack, hot, semantic, chunking)
+            except BaseException:
+                await stack.aclose()
+                raise
+            old, self._stack = self._stack, stack
+            self._pipeline, self._hot = pipeline, hot
+            await old.aclose()  # the old version's summary scheduler drains and stops
+            log.info("worker now writes to version %s", name)
+            return pipeline
+
+    def _assigned(self) -> set[int]:
+        topic = self.settings.kafka.source_topic
+        if self.app is None:
+            return set()
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
 
 
 def _item(chunk: Any) -> dict[str, Any]:
@@ -147,29 +259,21 @@ async def open_runtime(
         )
         stack.push_async_callback(producer.stop)  # first: a start cancelled half-way is stopped too
         await producer.start()
-        # Summaries run off the ingest path; entered after the producer, so closed before it.
-        summaries = await stack.enter_async_context(
-            open_summaries(settings, hot=hot, cold=cold, producer=producer)
-        ) if worker else None
-        pipeline = SummarizingPipeline(
-            summaries=summaries,
-            hot=hot,
-            ledger=EventLedger(vsettings.redis, hot.client),
-            semantic=semantic,
-            cold=cold,
-            embedder=embedder,
-            counter=LocalTokenCounter(),
-            dead_letters=KafkaDeadLetterSink(producer, settings.kafka.dlq_topic),
-            chunking=chunking,
-        )
-        app = None
+        # Summaries run off the ingest path; closed before the producer.
+        follower = PipelineFollower(settings, cold, embedder, producer, version)
+        pipeline = await follower.start(hot, semantic, chunking, summaries=worker)
+        runtime = Runtime(settings, hot, semantic, cold, embedder, pipeline, None, version=version,
+                          summaries=follower.summaries, follower=follower if worker else None)
+        if settings.versions.pinned is None:
+            # Entered before the worker starts, so it exits after the worker stopped: the
+            # stores of a version switched to stay open while the worker writes to them.
+            await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))
+        stack.push_async_callback(follower.aclose)
         if worker:
-            app = await stack.enter_async_context(running_app(settings.kafka, pipeline))
+            runtime.app = follower.app = await stack.enter_async_context(running_app(settings.kafka, follower))
             lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
             stack.push_async_callback(cancel_and_wait, lag_task)
-            snapshots = asyncio.create_task(run_snapshots(hot, cold, vsettings.redis), name="scope-snapshots")
+            snapshots = asyncio.create_task(run_snapshots(lambda: runtime.hot, cold, vsettings.redis),
+                                            name="scope-snapshots")
             stack.push_async_callback(cancel_and_wait, snapshots)
-        runtime = Runtime(settings, hot, semantic, cold, embedder, pipeline, app, version=version, summaries=summaries)
-        if settings.versions.pinned is None:
-            await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))
         yield runtime

@@ -262,6 +262,10 @@ class Switchable(Protocol):
     semantic: SemanticStore
     version: str
 
+    async def before_switch(self, name: str, hot: HotStore, semantic: SemanticStore) -> None:
+        """Called with the new version's open stores before requests move to them (a
+        worker moves its writes there first); an error aborts this try of the switch."""
+
 
 @dataclass
 class _Open:
@@ -322,6 +326,12 @@ class ServingWatcher:
             except BaseException:
                 await stack.aclose()
                 raise
+        try:
+            await self.target.before_switch(name, hot, semantic)
+        except BaseException:
+            if stack is not None:
+                await stack.aclose()
+            raise
         previous, old_name = self._current, self.target.version
         # One synchronous step: no request can observe a mixed pair.
         self.target.hot, self.target.semantic, self.target.version = hot, semantic, name

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import RedisSettings
@@ -37,12 +38,13 @@ async def snapshot_idle_scopes(hot: HotStore, cold: ColdStore, idle_for_s: float
     return copied
 
 
-async def run_snapshots(hot: HotStore, cold: ColdStore, settings: RedisSettings) -> None:
-    """The worker's background loop: one round every ``snapshot_poll_s`` until cancelled.
-    A failing tier skips a round (the scopes stay marked), it never stops the loop."""
+async def run_snapshots(hot: Callable[[], HotStore], cold: ColdStore, settings: RedisSettings) -> None:
+    """The worker's background loop: one round every ``snapshot_poll_s`` until cancelled,
+    on the hot store ``hot()`` gives (the serving version's). A failing tier skips a round
+    (the scopes stay marked), it never stops the loop."""
     while True:
         try:
-            copied = await snapshot_idle_scopes(hot, cold, settings.snapshot_after_idle_s)
+            copied = await snapshot_idle_scopes(hot(), cold, settings.snapshot_after_idle_s)
             if copied:
                 log.debug("copied %d idle scopes to the cold tier", copied)
         except CtxPipeError as exc:

@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import faust
 from faust.contrib.asgi import faust_app_running
 
 from ctxpipe.settings import KafkaSettings
-from streams.ingest import IngestPipeline
+from streams.ingest import BatchResult
 from streams.records import RawRecord
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: KafkaSettings, pipeline: IngestPipeline, datadir: Path) -> faust.App:
+class BatchProcessor(Protocol):
+    """What the agent hands each batch to (an ingest pipeline, or a follower of one)."""
+
+    async def process(self, records: Sequence[RawRecord]) -> BatchResult: ...
+
+
+def create_app(settings: KafkaSettings, pipeline: BatchProcessor, datadir: Path) -> faust.App:
     app = faust.App(
         settings.consumer_group,
         # Faust creates its data folder even for in-memory tables (the default is
@@ -83,7 +89,7 @@ def _to_record(event: Any) -> RawRecord:
 
 
 @asynccontextmanager
-async def running_app(settings: KafkaSettings, pipeline: IngestPipeline) -> AsyncIterator[faust.App]:
+async def running_app(settings: KafkaSettings, pipeline: BatchProcessor) -> AsyncIterator[faust.App]:
     """Run the faust app on the current loop. The source topic must exist (an agent on a
     missing topic subscribes to nothing): ``open_runtime`` creates the topics first."""
     with tempfile.TemporaryDirectory(prefix="ctxpipe-faust-") as datadir:

@@ -314,6 +314,29 @@ class Replayer:
                 report.switched_from = await registry.switch(self.version)
         return report
 
+    async def apply_range(
+        self, hot: HotStore, semantic: SemanticStore, cold: ColdStore,
+        start: Mapping[int, int], end: Mapping[int, int],
+    ) -> int:
+        """Apply the source topic's records in ``[start, end)`` per partition to this
+        version's open stores, by the replay's rules (the archive read, not written; rejects
+        not dead-lettered again), and raise its applied offsets to ``end``. The gap a live
+        worker left in a version it moves on to (:class:`ctxpipe.runtime.PipelineFollower`).
+        Returns how many records were applied."""
+        topic = self.settings.kafka.source_topic
+        applied = 0
+        async with AsyncExitStack() as stack:
+            pipeline, _ = await self._pipeline(stack, hot, semantic, cold)
+            async for batch, _from_archive in self._batches(cold, dict(start), end):
+                records = self._mine(batch, ReplayReport(self.version))
+                if records:
+                    await pipeline.process(records)
+                applied += len(batch)
+        done = {p: o - 1 for p, o in end.items() if o > start.get(p, 0)}
+        if done:
+            await hot.set_applied_offsets(done, topic=topic)
+        return applied
+
     def _mine(self, batch: list[RawRecord], report: ReplayReport) -> list[RawRecord]:
         if self.tenant is None:
             return batch

@@ -145,6 +145,13 @@ class EdgeProcessStore(PointSearchStore):
             raise errors.SemanticStoreError(
                 f"the Edge process for {path} did not start (exit code {proc.poll()}): {exc!r}"
             ) from exc
+        except BaseException:
+            # Cancelled while the child starts (a switch given up, a process stopping): no
+            # orphan child may keep the shard's lock, no socket may leak.
+            writer.close()
+            proc.kill()
+            proc.wait(_STOP_TIMEOUT_S)
+            raise
         ok, detail = hello
         if not ok:
             writer.close()
