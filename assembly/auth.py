@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import re
 
 from fastapi import Header, HTTPException, Request
 
+from assembly.models import TENANT_PATTERN
 from ctxpipe.settings import ApiSettings
+from streams.events import MAX_ID_CHARS
+
+_TENANT = re.compile(TENANT_PATTERN)
 
 
 def check_tenant(settings: ApiSettings, tenant: str, api_key: str | None) -> None:
@@ -26,6 +31,12 @@ def check_tenant(settings: ApiSettings, tenant: str, api_key: str | None) -> Non
 
 
 def tenant_guard(request: Request, tenant: str, x_api_key: str | None = Header(default=None)) -> str:
-    """FastAPI dependency for routes with ``{tenant}`` in the path."""
+    """FastAPI dependency for routes with ``tenant`` in the path or the query: a name no
+    event can carry is refused before any key or store sees it."""
+    if not tenant or len(tenant) > MAX_ID_CHARS or not _TENANT.match(tenant):
+        raise HTTPException(
+            status_code=422,
+            detail=f"tenant must be 1-{MAX_ID_CHARS} characters without '/' or whitespace",
+        )
     check_tenant(request.app.state.settings.api, tenant, x_api_key)
     return tenant

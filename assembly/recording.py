@@ -66,9 +66,10 @@ def trace_time(trace_id: str) -> datetime | None:
         return None
     try:
         ms = int(trace_id[:12], 16)
-    except ValueError:
+        # 48 bits of milliseconds reach the year 10889: past datetime's year 9999.
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def batch_key(tenant: str, first_trace: str, last_trace: str) -> str:
