@@ -49,6 +49,8 @@ class Runtime:
     version: str = "base"
     # The background summary stage (issue 5); None without a worker.
     summaries: SummaryScheduler | None = None
+    # ``serve`` starts the ingest agent in the background (see open_runtime).
+    worker: BackgroundWorker | None = None
 
     async def health(self) -> dict[str, Any]:
         checks: dict[str, str] = {}
@@ -62,10 +64,14 @@ class Runtime:
             checks["qdrant"] = "ok"
         except Exception as exc:
             checks["qdrant"] = f"error: {exc}"
-        if self.app is not None:
+        if self.worker is not None and self.app is None:
+            # Joining the consumer group (after a crash: until the dead member's session
+            # ends) is no outage of the API: "starting" counts as healthy, a failure not.
+            checks["worker"] = self.worker.state
+        elif self.app is not None:
             crashed = getattr(self.app, "crash_reason", None)
             checks["worker"] = f"crashed: {crashed}" if crashed else "ok"
-        return {"ok": all(v == "ok" for v in checks.values()), "checks": checks}
+        return {"ok": all(v in ("ok", "starting") for v in checks.values()), "checks": checks}
 
     async def scope_view(self, tenant: str, scope: str, *, limit: int) -> dict[str, Any]:
         recent = await self.hot.recent(tenant, scope, limit=limit)
@@ -96,6 +102,66 @@ class Runtime:
         }
 
 
+class BackgroundWorker:
+    """The faust ingest agent, started after the API: the API answers from its tiers while
+    the agent joins the consumer group. Stopped gracefully (offsets committed) through an
+    event, not a cancellation; cancelled only while it is still starting."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return f"failed: {self.error!r}"
+        return "ok" if self._started.is_set() else "starting"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-worker")
+
+    async def wait_started(self) -> None:
+        """Until the agent runs (tests; raises what stopped it from starting)."""
+        assert self._task is not None
+        started = asyncio.ensure_future(self._started.wait())
+        try:
+            await asyncio.wait({self._task, started}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(started)
+        if self.error is not None:
+            raise self.error
+
+    async def _run(self) -> None:
+        rt = self._runtime
+        try:
+            async with running_app(rt.settings.kafka, rt.pipeline) as app:
+                lag_task = asyncio.create_task(track_lag(rt.settings.kafka, rt.hot), name="consumer-lag")
+                try:
+                    rt.app = app
+                    self._started.set()
+                    log.info("ingest worker running (group %s)", rt.settings.kafka.consumer_group)
+                    await self._stop.wait()
+                finally:
+                    await cancel_and_wait(lag_task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # reported by health(); the API keeps answering
+            self.error = exc
+            log.exception("the ingest worker stopped")
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._task is None:
+            return
+        if not self._started.is_set():
+            await cancel_and_wait(self._task)
+        else:
+            await asyncio.wait({self._task})
+
+
 def _item(chunk: Any) -> dict[str, Any]:
     return {
         "event_id": chunk.event_id,
@@ -124,9 +190,12 @@ async def _check_reachable(settings: Settings, hot: HotStore) -> None:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, worker: bool = True, model: Embedder | None = None
+    settings: Settings, *, worker: bool = True, model: Embedder | None = None, background_worker: bool = False
 ) -> AsyncIterator[Runtime]:
-    """Open every tier; with ``worker=True`` also run the faust ingest agent."""
+    """Open every tier; with ``worker=True`` also run the faust ingest agent, started
+    before this returns, or with ``background_worker=True`` after: joining the consumer
+    group can take a dead member's whole session timeout after a crash, and the API needs
+    only the tiers."""
     async with AsyncExitStack() as stack:
         # Derived state lives in the serving version's namespace; the cache stays shared.
         version, vsettings, chunking = await resolve_serving(settings)
@@ -162,11 +231,15 @@ async def open_runtime(
             chunking=chunking,
         )
         app = None
-        if worker:
+        if worker and not background_worker:
             app = await stack.enter_async_context(running_app(settings.kafka, pipeline))
             lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
             stack.push_async_callback(cancel_and_wait, lag_task)
         runtime = Runtime(settings, hot, semantic, cold, embedder, pipeline, app, version=version, summaries=summaries)
+        if worker and background_worker:
+            runtime.worker = BackgroundWorker(runtime)
+            runtime.worker.start()
+            stack.push_async_callback(runtime.worker.aclose)
         if settings.versions.pinned is None:
             await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))
         yield runtime

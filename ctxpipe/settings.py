@@ -40,6 +40,16 @@ class KafkaSettings(_Group):
     # Larger batches amortise the per-batch writes (S3 object, Redis, Qdrant) over more events.
     batch_max: int = Field(default=512, gt=0)
     batch_wait_s: float = Field(default=0.2, gt=0)
+    # How long the broker waits for a silent member before it hands its partitions to the
+    # others. After a crash a restarted worker's join waits this long for the dead member
+    # (with faust's default of 60 s: ~32-48 s measured). The broker accepts 6-1800 s by default;
+    # heartbeats go every 3 s (faust's default), so 10 s allows two missed beats.
+    session_timeout_s: float = Field(default=10.0, ge=6, le=1800)
+    # Static group membership (Kafka's group.instance.id): a worker restarted with the same
+    # id takes its partitions back at once, no rebalance, no wait for the dead session.
+    # Must be unique per worker process (e.g. the pod name). None: dynamic membership;
+    # ``ctxpipe serve`` then uses "<host>:<API port>" (one serve per port and host).
+    group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
 
     @property
     def port(self) -> int:
