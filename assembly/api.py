@@ -15,11 +15,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from assembly.api_errors import InternalErrorMiddleware, validation_error
 from assembly.auth import check_tenant, tenant_guard
-from assembly.exceptions import BudgetTooSmallError, WindowNotFoundError
+from assembly.exceptions import BudgetTooSmallError, WindowLogUnavailableError, WindowNotFoundError
 from assembly.models import SCOPE_PATTERN, TRACE_ID_PATTERN, ContextRequest, ContextResponse
 from assembly.recording import load_window
 from assembly.service import AssemblyService
 from ctxpipe.runtime import Runtime
+from storage.exceptions import StorageError
 from streams.events import MAX_ID_CHARS
 
 RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
@@ -93,10 +94,14 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
         """The window served under ``trace_id``, byte for byte as recorded (request,
         response, settings, model versions, stream positions). ``?tenant=`` is required."""
         runtime: Runtime = request.app.state.runtime
+        assembly: AssemblyService = request.app.state.assembly
         try:
-            raw = await load_window(runtime.cold, tenant, trace_id.lower(), request.app.state.assembly.recorder)
+            raw = await load_window(runtime.cold, tenant, trace_id.lower(), assembly.recorder, assembly.window_log)
         except WindowNotFoundError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
+        except (StorageError, WindowLogUnavailableError) as exc:
+            # The window may exist: a store is down, not the request wrong.
+            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "5"}) from exc
         return Response(content=raw, media_type="application/json")
 
     @api.get("/v1/scopes/{tenant}/{scope}")

@@ -228,6 +228,15 @@ class AssemblySettings(_Group):
     # or sooner when record_batch_max are waiting (assembly/recording.py).
     record_flush_s: float = Field(default=1.0, gt=0)
     record_batch_max: int = Field(default=256, gt=0)
+    # A window a sink refused (S3 or the windows topic down) stays in memory, readable, and
+    # is tried again after record_retry_first_s, doubling to record_retry_max_s; at most
+    # record_retry_max_windows wait (~20-30 kB each), the oldest beyond are left to the topic.
+    record_retry_first_s: float = Field(default=0.5, gt=0)
+    record_retry_max_s: float = Field(default=30.0, gt=0)
+    record_retry_max_windows: int = Field(default=20_000, gt=0)
+    # GET /v1/context/{trace_id} reads the windows topic when neither memory nor the cold
+    # tier has the window: from the trace's time, at most this many records (0: never).
+    record_topic_scan_max: int = Field(default=50_000, ge=0)
 
 
 class SummarizerSettings(_Group):

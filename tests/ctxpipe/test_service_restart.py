@@ -153,7 +153,6 @@ async def test_sigkilled_service_answers_within_seconds_and_loses_nothing(
 
     print(f"restart to healthy: {[round(s, 2) for s in restart_s]} s; "
           f"restart to worker running: {[round(s, 2) for s in worker_s]} s")
-    assert max(restart_s) < ANSWER_WITHIN_S, restart_s
     try:
         for s in range(N_SCOPES):
             ids = [c.event_id for c in await hot.recent(TENANT, f"session:{s}")]
@@ -166,3 +165,4 @@ async def test_sigkilled_service_answers_within_seconds_and_loses_nothing(
             async for rec in cold.read_archive(ks.source_topic, p):
                 archived[rec.value.decode()] += 1
     assert sum(archived.values()) == len(published) and max(archived.values()) == 1
+    assert max(restart_s) < ANSWER_WITHIN_S, restart_s
