@@ -132,6 +132,9 @@ class WindowRecorder:
         self._pending: list[WindowRecord] = []
         self._retry_now = asyncio.Event()
         self._retrier: asyncio.Task[None] | None = None
+        # Trace time of the oldest window let go from memory, not yet backfilled.
+        self._backfill_from_ms: int | None = None
+        self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
         self._queue: asyncio.Queue[WindowRecord] = asyncio.Queue()
@@ -165,6 +168,8 @@ class WindowRecorder:
                 self._flush_now.clear()
         if self._pending:
             await self._flush_all(self._take_pending())
+        if not self._pending and self._backfill_from_ms is not None:
+            await self._backfill()
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
         try:
@@ -224,6 +229,10 @@ class WindowRecorder:
             for r in dropped:
                 self._unflushed.pop((r.tenant, r.trace_id), None)
             metrics.RECORD_DROPPED.inc(len(dropped))
+            first = min((t for r in dropped if (t := trace_time(r.trace_id)) is not None), default=None)
+            if first is not None:
+                first_ms = int(first.timestamp() * 1000)
+                self._backfill_from_ms = min(self._backfill_from_ms or first_ms, first_ms)
             unlogged = [r.trace_id for r in dropped if not r.logged]
             log.error("%d windows left to the windows topic (not in the cold tier)%s", len(dropped),
                       f"; not in the topic either: {unlogged}" if unlogged else "")
@@ -249,6 +258,20 @@ class WindowRecorder:
             await self._flush_all(self._take_pending())
             # Back off while the sinks keep refusing; start over once one gets through.
             delay = self._retry_first_s if len(self._pending) < before else min(delay * 2, self._retry_max_s)
+        if self._backfill_from_ms is not None:
+            await self._backfill()
+
+    async def _backfill(self) -> None:
+        """The sinks are back: store the windows let go from memory, from the topic."""
+        from assembly.window_backfill import backfill_windows  # it builds on this module
+
+        since, self._backfill_from_ms = self._backfill_from_ms, None
+        assert since is not None
+        try:
+            await backfill_windows(self._settings, self._cold, since)
+        except Exception as exc:  # the topic keeps them; a later backfill can store them
+            self._backfill_from_ms = since if self._backfill_from_ms is None else min(since, self._backfill_from_ms)
+            log.error("windows backfill from %d ms failed (run `ctxpipe windows-backfill`): %r", since, exc)
 
     async def _store(self, tenant: str, records: Sequence[WindowRecord]) -> None:
         ordered = sorted(records, key=lambda r: r.trace_id)

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from assembly.exceptions import WindowLogUnavailableError
@@ -52,18 +53,24 @@ async def scan_windows(
 ) -> AsyncIterator[Any]:
     """Records of the windows topic from ``from_ms`` (broker time) to the end it had when
     the scan started, at most ``max_records``, partition by partition."""
+    topic = settings.kafka.windows_topic
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        # A consumer knows the partitions of the topics it reads; the admin client all.
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    tps = [TopicPartition(topic, p["partition"]) for t in described if t["topic"] == topic and t["error_code"] == 0
+           for p in sorted(t["partitions"], key=lambda p: p["partition"])]
+    if not tps:
+        return
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None, enable_auto_commit=False,
         auto_offset_reset="latest",
     )
     await consumer.start()
     try:
-        if settings.kafka.windows_topic not in await consumer.topics():  # also loads the metadata
-            return
-        parts = consumer.partitions_for_topic(settings.kafka.windows_topic)
-        tps = [TopicPartition(settings.kafka.windows_topic, p) for p in sorted(parts or ())]
-        if not tps:
-            return
         consumer.assign(tps)
         starts = await consumer.offsets_for_times({tp: max(0, from_ms) for tp in tps})
         ends = await consumer.end_offsets(tps)
