@@ -249,29 +249,35 @@ class WindowRecorder:
 
     async def _retry(self) -> None:
         delay = self._retry_first_s
-        while self._pending:
+        # Also for what was let go from memory: backfilled from the topic once S3 is back.
+        while self._pending or self._backfill_from_ms is not None:
             with suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._retry_now.wait()
             self._retry_now.clear()
-            before = len(self._pending)
-            await self._flush_all(self._take_pending())
+            if self._pending:
+                before = len(self._pending)
+                await self._flush_all(self._take_pending())
+                got_through = len(self._pending) < before
+            else:
+                got_through = await self._backfill()
             # Back off while the sinks keep refusing; start over once one gets through.
-            delay = self._retry_first_s if len(self._pending) < before else min(delay * 2, self._retry_max_s)
-        if self._backfill_from_ms is not None:
-            await self._backfill()
+            delay = self._retry_first_s if got_through else min(delay * 2, self._retry_max_s)
 
-    async def _backfill(self) -> None:
+    async def _backfill(self) -> bool:
         """The sinks are back: store the windows let go from memory, from the topic."""
         from assembly.window_backfill import backfill_windows  # it builds on this module
 
         since, self._backfill_from_ms = self._backfill_from_ms, None
-        assert since is not None
+        if since is None:
+            return True
         try:
             await backfill_windows(self._settings, self._cold, since)
-        except Exception as exc:  # the topic keeps them; a later backfill can store them
+        except Exception as exc:  # the topic keeps them; the next try (or one by hand) stores them
             self._backfill_from_ms = since if self._backfill_from_ms is None else min(since, self._backfill_from_ms)
-            log.error("windows backfill from %d ms failed (run `ctxpipe windows-backfill`): %r", since, exc)
+            log.error("windows backfill from %d ms failed (`ctxpipe windows-backfill` stores them): %r", since, exc)
+            return False
+        return True
 
     async def _store(self, tenant: str, records: Sequence[WindowRecord]) -> None:
         ordered = sorted(records, key=lambda r: r.trace_id)
