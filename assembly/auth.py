@@ -26,7 +26,10 @@ def check_tenant(settings: ApiSettings, tenant: str, api_key: str | None) -> Non
         raise HTTPException(status_code=401, detail="missing X-API-Key header")
     expected = settings.tenant_keys.get(tenant)
     # Constant-time compare; an unknown tenant and a wrong key look the same to the caller.
-    if expected is None or not hmac.compare_digest(expected.get_secret_value(), api_key):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError,
+    # a 500, for a header such as "é").
+    given = api_key.encode("utf-8", "surrogateescape")
+    if expected is None or not hmac.compare_digest(expected.get_secret_value().encode("utf-8"), given):
         raise HTTPException(status_code=403, detail=f"this key is not valid for tenant {tenant!r}")
 
 

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from pydantic import SecretStr
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from assembly.api import create_api
@@ -246,3 +247,41 @@ async def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open(
     finally:
         server.should_exit = True
         await task
+
+
+# -- API keys ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def keyed_runtime(test_settings: Settings) -> AsyncIterator[Runtime]:
+    api = test_settings.api.model_copy(update={"tenant_keys": {"acme": SecretStr("key-acme")}})
+    async with open_runtime(test_settings.model_copy(update={"api": api}), worker=False, model=HashEmbedder()) as rt:
+        yield rt
+
+
+@pytest.mark.parametrize("key", ["key-acmé", "é", "\x00", "key-acme\x7f", "", "k" * 10_000])
+async def test_any_api_key_header_is_a_401_or_403_never_a_500(keyed_runtime: Runtime, key: str) -> None:
+    async with _client(keyed_runtime) as client:
+        # Header values travel as latin-1 bytes; non-ASCII keys reach the comparison as such.
+        headers = {b"x-api-key": key.encode("latin-1")}
+        post = await client.post("/v1/context", json=_body(), headers=headers)
+        get = await client.get(f"/v1/context/{new_trace_id()}", params={"tenant": "acme"}, headers=headers)
+        right = await client.post("/v1/context", json=_body(), headers={"x-api-key": "key-acme"})
+    assert post.status_code == get.status_code == 403, (post.text, get.text)
+    assert right.status_code == 200, right.text
+
+
+@pytest.fixture
+async def keyed_api(keyed_runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    async with _client(keyed_runtime) as client:
+        yield client
+
+
+@hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.binary(max_size=64).filter(lambda b: b"\r" not in b and b"\n" not in b), tenant=_text)
+async def test_fuzz_api_keys_and_tenants_never_give_a_500(keyed_api: httpx.AsyncClient, key: bytes, tenant: str) -> None:
+    headers = {b"x-api-key": key.strip(b" \t")}
+    post = await keyed_api.post("/v1/context", json=_body(tenant=tenant), headers=headers)
+    get = await keyed_api.get(f"/v1/context/{new_trace_id()}", params={"tenant": tenant}, headers=headers)
+    for resp in (post, get):
+        assert 400 <= resp.status_code < 500 and resp.json().get("detail"), (resp.status_code, resp.text)
