@@ -71,7 +71,7 @@ class Runtime:
         elif self.app is not None:
             crashed = getattr(self.app, "crash_reason", None)
             checks["worker"] = f"crashed: {crashed}" if crashed else "ok"
-        return {"ok": all(v in ("ok", "starting") for v in checks.values()), "checks": checks}
+        return {"ok": all(v == "ok" or v.startswith("starting") for v in checks.values()), "checks": checks}
 
     async def scope_view(self, tenant: str, scope: str, *, limit: int) -> dict[str, Any]:
         recent = await self.hot.recent(tenant, scope, limit=limit)
@@ -107,8 +107,10 @@ class BackgroundWorker:
     the agent joins the consumer group. Stopped gracefully (offsets committed) through an
     event, not a cancellation; cancelled only while it is still starting."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, producer: AIOKafkaProducer) -> None:
         self._runtime = runtime
+        self._producer = producer
+        self._waiting: str | None = None
         self._stop = asyncio.Event()
         self._started = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -118,7 +120,9 @@ class BackgroundWorker:
     def state(self) -> str:
         if self.error is not None:
             return f"failed: {self.error!r}"
-        return "ok" if self._started.is_set() else "starting"
+        if self._started.is_set():
+            return "ok"
+        return "starting" if self._waiting is None else f"starting: waiting for Kafka ({self._waiting})"
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingest-worker")
@@ -134,9 +138,28 @@ class BackgroundWorker:
         if self.error is not None:
             raise self.error
 
+    async def _until_kafka(self) -> None:
+        """Create the topics and start the producer, trying again while the broker is down:
+        the API answers meanwhile (it needs no Kafka)."""
+        delay = 0.5
+        while True:
+            try:
+                await ensure_topics(self._runtime.settings.kafka)
+                await self._producer.start()
+                self._waiting = None
+                return
+            except (KafkaError, OSError) as exc:
+                if self._waiting is None:
+                    log.warning("Kafka at %s unreachable, the ingest worker waits for it: %r",
+                                self._runtime.settings.kafka.bootstrap_servers, exc)
+                self._waiting = repr(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
     async def _run(self) -> None:
         rt = self._runtime
         try:
+            await self._until_kafka()
             async with running_app(rt.settings.kafka, rt.pipeline) as app:
                 lag_task = asyncio.create_task(track_lag(rt.settings.kafka, rt.hot), name="consumer-lag")
                 try:
@@ -173,13 +196,15 @@ def _item(chunk: Any) -> dict[str, Any]:
     }
 
 
-async def _check_reachable(settings: Settings, hot: HotStore) -> None:
+async def _check_reachable(settings: Settings, hot: HotStore, *, kafka: bool = True) -> None:
     """Fail at start-up with one clear line instead of a driver stack trace later."""
     hint = "start the local stack with `python -m infra up` or fix the CTX_* settings"
     try:
         await hot.ping()
     except CtxPipeError as exc:
         raise DependencyUnavailableError(f"cannot reach Redis at {settings.redis.url}: {hint}") from exc
+    if not kafka:
+        return
     try:
         await ensure_topics(settings.kafka)
     except KafkaError as exc:
@@ -203,7 +228,8 @@ async def open_runtime(
         stack.push_async_callback(hot.aclose)
         cache = EmbeddingCacheRedis(settings.redis, settings.embedding.model_name)
         stack.push_async_callback(cache.aclose)
-        await _check_reachable(settings, hot)
+        # With the worker in the background, Kafka is its business (it waits for the broker).
+        await _check_reachable(settings, hot, kafka=not (worker and background_worker))
         cold = ColdStore(settings.s3)
         await cold.ensure_bucket()
         semantic = await open_semantic_store(vsettings.qdrant, settings.embedding.dimension)
@@ -214,7 +240,8 @@ async def open_runtime(
             bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", enable_idempotence=True
         )
         stack.push_async_callback(producer.stop)  # first: a start cancelled half-way is stopped too
-        await producer.start()
+        if not (worker and background_worker):
+            await producer.start()
         # Summaries run off the ingest path; entered after the producer, so closed before it.
         summaries = await stack.enter_async_context(
             open_summaries(settings, hot=hot, cold=cold, producer=producer)
@@ -237,7 +264,7 @@ async def open_runtime(
             stack.push_async_callback(cancel_and_wait, lag_task)
         runtime = Runtime(settings, hot, semantic, cold, embedder, pipeline, app, version=version, summaries=summaries)
         if worker and background_worker:
-            runtime.worker = BackgroundWorker(runtime)
+            runtime.worker = BackgroundWorker(runtime, producer)
             runtime.worker.start()
             stack.push_async_callback(runtime.worker.aclose)
         if settings.versions.pinned is None:
