@@ -46,9 +46,9 @@ from aiokafka import AIOKafkaProducer
 
 from assembly import metrics
 from assembly.exceptions import WindowNotFoundError
+from assembly.window_log import WindowLogReader
 from ctxpipe.settings import Settings
 from ctxpipe.tasks import cancel_and_wait
-from assembly.window_log import WindowLogReader
 from storage.cold import ColdStore, window_key, window_prefix
 from storage.exceptions import StorageError
 
@@ -172,11 +172,10 @@ class WindowRecorder:
             await self._backfill()
 
     async def aclose(self, timeout_s: float = 10.0) -> None:
-        try:
+        # A sink still down at shutdown must not hold the process: one bounded try.
+        with suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
                 await self.drain()
-        except TimeoutError:
-            pass
         await cancel_and_wait(self._worker, self._retrier)
         self._worker = self._retrier = None
         if self._pending:
