@@ -9,15 +9,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from assembly.api_errors import InternalErrorMiddleware, validation_error
 from assembly.auth import check_tenant, tenant_guard
-from assembly.exceptions import BudgetTooSmallError, WindowNotFoundError
-from assembly.models import ContextRequest, ContextResponse
+from assembly.exceptions import BudgetTooSmallError, WindowLogUnavailableError, WindowNotFoundError
+from assembly.models import SCOPE_PATTERN, TRACE_ID_PATTERN, ContextRequest, ContextResponse
 from assembly.recording import load_window
 from assembly.service import AssemblyService
 from ctxpipe.runtime import Runtime
+from storage.exceptions import StorageError
+from streams.events import MAX_ID_CHARS
 
 RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
 
@@ -51,6 +55,8 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
                 sys.setswitchinterval(previous)
 
     api = FastAPI(title="ctxpipe", version="0.1.0", lifespan=lifespan)
+    api.add_middleware(InternalErrorMiddleware)
+    api.add_exception_handler(RequestValidationError, validation_error)
 
     @api.get("/healthz")
     async def healthz(request: Request, response: Response) -> dict[str, Any]:
@@ -80,19 +86,30 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
 
     @api.get("/v1/context/{trace_id}")
-    async def recorded_context(request: Request, trace_id: str, tenant: str = Depends(tenant_guard)) -> Response:
+    async def recorded_context(
+        request: Request,
+        trace_id: str = Path(pattern=TRACE_ID_PATTERN, description="32 hex digits, as served"),
+        tenant: str = Depends(tenant_guard),
+    ) -> Response:
         """The window served under ``trace_id``, byte for byte as recorded (request,
         response, settings, model versions, stream positions). ``?tenant=`` is required."""
         runtime: Runtime = request.app.state.runtime
+        assembly: AssemblyService = request.app.state.assembly
         try:
-            raw = await load_window(runtime.cold, tenant, trace_id, request.app.state.assembly.recorder)
+            raw = await load_window(runtime.cold, tenant, trace_id.lower(), assembly.recorder, assembly.window_log)
         except WindowNotFoundError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
+        except (StorageError, WindowLogUnavailableError) as exc:
+            # The window may exist: a store is down, not the request wrong.
+            raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "5"}) from exc
         return Response(content=raw, media_type="application/json")
 
     @api.get("/v1/scopes/{tenant}/{scope}")
     async def scope_view(
-        request: Request, scope: str, tenant: str = Depends(tenant_guard), limit: int = 20
+        request: Request,
+        scope: str = Path(min_length=1, max_length=MAX_ID_CHARS, pattern=SCOPE_PATTERN),
+        tenant: str = Depends(tenant_guard),
+        limit: int = Query(default=20, ge=1, le=1000),
     ) -> dict[str, Any]:
         """What each tier holds for one scope (debugging and the demo)."""
         runtime: Runtime = request.app.state.runtime

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import re
 
 from fastapi import Header, HTTPException, Request
 
+from assembly.models import TENANT_PATTERN
 from ctxpipe.settings import ApiSettings
+from streams.events import MAX_ID_CHARS
+
+_TENANT = re.compile(TENANT_PATTERN)
 
 
 def check_tenant(settings: ApiSettings, tenant: str, api_key: str | None) -> None:
@@ -21,11 +26,20 @@ def check_tenant(settings: ApiSettings, tenant: str, api_key: str | None) -> Non
         raise HTTPException(status_code=401, detail="missing X-API-Key header")
     expected = settings.tenant_keys.get(tenant)
     # Constant-time compare; an unknown tenant and a wrong key look the same to the caller.
-    if expected is None or not hmac.compare_digest(expected.get_secret_value(), api_key):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError,
+    # a 500, for a header such as "é").
+    given = api_key.encode("utf-8", "surrogateescape")
+    if expected is None or not hmac.compare_digest(expected.get_secret_value().encode("utf-8"), given):
         raise HTTPException(status_code=403, detail=f"this key is not valid for tenant {tenant!r}")
 
 
 def tenant_guard(request: Request, tenant: str, x_api_key: str | None = Header(default=None)) -> str:
-    """FastAPI dependency for routes with ``{tenant}`` in the path."""
+    """FastAPI dependency for routes with ``tenant`` in the path or the query: a name no
+    event can carry is refused before any key or store sees it."""
+    if not tenant or len(tenant) > MAX_ID_CHARS or not _TENANT.match(tenant):
+        raise HTTPException(
+            status_code=422,
+            detail=f"tenant must be 1-{MAX_ID_CHARS} characters without '/' or whitespace",
+        )
     check_tenant(request.app.state.settings.api, tenant, x_api_key)
     return tenant

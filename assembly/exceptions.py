@@ -33,3 +33,9 @@ class ClientError(AssemblyError):
 
 class WindowNotFoundError(AssemblyError):
     """No window was recorded under this trace id for this tenant."""
+
+
+class WindowLogUnavailableError(AssemblyError):
+    """A window is not in the cold tier and the windows topic could not be read."""
+
+    retriable = True

@@ -40,3 +40,7 @@ READ_THROUGH: Final = Counter(
 RECORD_ERRORS: Final = Counter(
     "ctxpipe_assembly_window_record_errors_total", "Failures storing or logging a window", ["sink"]
 )
+RECORD_DROPPED: Final = Counter(
+    "ctxpipe_assembly_window_record_dropped_total",
+    "Windows the recorder stopped holding in memory before the cold tier had them (the windows topic has them)",
+)

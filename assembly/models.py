@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,6 +15,19 @@ TierName = Literal["hot", "semantic", "cold", "summary", "none"]
 
 SECTION_ORDER: tuple[SectionName, ...] = ("pinned", "summary", "recent", "retrieved")
 
+# Ids as the event contract (streams/events.py) accepts them: a request for a name no
+# event can carry is a 422, not a lookup.
+TENANT_PATTERN: Final = r"^[^/\s]+$"
+SCOPE_PATTERN: Final = r"^\S+$"
+TenantId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=TENANT_PATTERN)]
+ScopeId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=SCOPE_PATTERN)]
+# Served trace ids are UUIDs as 32 hex digits (assembly/recording.py).
+TRACE_ID_PATTERN: Final = r"^[0-9a-fA-F]{32}$"
+# Kafka's own limits: partitions are int32, offsets int64, topic names 1-249 of [a-zA-Z0-9._-].
+_MAX_PARTITION: Final = 2**31 - 1
+_MAX_OFFSET: Final = 2**63 - 1
+_MAX_TOKENS: Final = 2_000_000
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -23,31 +36,32 @@ class _Model(BaseModel):
 class StreamPosition(_Model):
     """A position a publisher got back; ``topic`` defaults to the source topic."""
 
-    topic: str | None = None
-    partition: int = Field(ge=0)
-    offset: int = Field(ge=0)
+    topic: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9._-]{1,249}$")
+    partition: int = Field(ge=0, le=_MAX_PARTITION)
+    offset: int = Field(ge=0, le=_MAX_OFFSET)
 
 
 class SectionOverride(_Model):
     """Per-request override of one section: its share of the free budget and/or a hard cap."""
 
     share: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0, le=_MAX_TOKENS)
 
 
 class ContextRequest(_Model):
-    tenant: str = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[^/\s]+$")
-    scope: str = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^\S+$")
+    tenant: TenantId
+    scope: ScopeId
     query: str = Field(min_length=1, max_length=200_000)
-    budget_tokens: int = Field(ge=1, le=2_000_000)
+    budget_tokens: int = Field(ge=1, le=_MAX_TOKENS)
     # More scopes to draw pinned facts and retrieved items from (a profile, a knowledge base).
-    scopes: list[str] = Field(default_factory=list, max_length=32)
+    scopes: list[ScopeId] = Field(default_factory=list, max_length=32)
     sections: dict[SectionName, SectionOverride] = Field(default_factory=dict)
     # Minimum freshness the caller needs; reported back as satisfied or not.
     freshness: FreshnessClass | None = None
     # Read-your-writes: wait until these positions are applied (bounded by deadline_ms).
     wait_for: list[StreamPosition] = Field(default_factory=list, max_length=256)
-    deadline_ms: int | None = Field(default=None, ge=0)
+    # Capped by assembly.max_wait_ms; a value past a day is a mistake, not a wish.
+    deadline_ms: int | None = Field(default=None, ge=0, le=86_400_000)
     system_prompt: str | None = Field(default=None, max_length=100_000)
 
 

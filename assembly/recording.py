@@ -18,9 +18,14 @@ hold it), reads the batches whose range covers the id and returns its line, byte
 as recorded. Windows recorded before batching (``windows/<tenant>/<uuid4 hex>.json``) are
 read from their own object.
 
-What is not yet flushed lives in the recorder (the API's ``GET /v1/context/{trace_id}``
-asks it first); a crash loses at most the last ``flush_s`` of windows in the cold tier, as
-before it lost those queued for upload; the windows topic has them.
+What is not yet stored lives in the recorder (the API's ``GET /v1/context/{trace_id}``
+asks it first). A window whose put or send failed stays there and is tried again with
+backoff (``record_retry_first_s`` doubling to ``record_retry_max_s``) until both sinks
+have it; at most ``record_retry_max_windows`` wait in memory, the oldest beyond that are
+left to the windows topic (logged by trace id). The windows topic is the log: a window
+neither in memory nor in the cold tier (an S3 outage longer than memory holds, a crash
+before the put) is read from the topic (:func:`load_window`), and
+:func:`assembly.window_backfill.backfill_windows` stores such windows in the cold tier.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ from aiokafka import AIOKafkaProducer
 
 from assembly import metrics
 from assembly.exceptions import WindowNotFoundError
+from assembly.window_log import WindowLogReader
 from ctxpipe.settings import Settings
 from ctxpipe.tasks import cancel_and_wait
 from storage.cold import ColdStore, window_key, window_prefix
+from storage.exceptions import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +73,10 @@ def trace_time(trace_id: str) -> datetime | None:
         return None
     try:
         ms = int(trace_id[:12], 16)
-    except ValueError:
+        # 48 bits of milliseconds reach the year 10889: past datetime's year 9999.
+        return datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def batch_key(tenant: str, first_trace: str, last_trace: str) -> str:
@@ -91,12 +99,19 @@ def _find_line(lines: list[bytes], trace_id: str) -> bytes | None:
     return next((line for line in lines if needle in line), None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowRecord:
     tenant: str
     scope: str
     trace_id: str
     payload: bytes
+    # Which sinks have it; a record leaves the recorder when both do.
+    stored: bool = False
+    logged: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.stored and self.logged
 
 
 class WindowRecorder:
@@ -110,6 +125,16 @@ class WindowRecorder:
         self._bootstrap = settings.kafka.bootstrap_servers
         self._flush_s = settings.assembly.record_flush_s
         self._batch_max = settings.assembly.record_batch_max
+        self._retry_first_s = settings.assembly.record_retry_first_s
+        self._retry_max_s = settings.assembly.record_retry_max_s
+        self._retry_max_windows = settings.assembly.record_retry_max_windows
+        # Records a sink refused, oldest first, tried again by the retry task.
+        self._pending: list[WindowRecord] = []
+        self._retry_now = asyncio.Event()
+        self._retrier: asyncio.Task[None] | None = None
+        # Trace time of the oldest window let go from memory, not yet backfilled.
+        self._backfill_from_ms: int | None = None
+        self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
         self._queue: asyncio.Queue[WindowRecord] = asyncio.Queue()
@@ -127,18 +152,36 @@ class WindowRecorder:
     def unflushed(self, tenant: str, trace_id: str) -> bytes | None:
         return self._unflushed.get((tenant, trace_id))
 
+    @property
+    def pending(self) -> int:
+        """Windows a sink refused, waiting for their next try."""
+        return len(self._pending)
+
     async def drain(self) -> None:
+        """Flush what is queued now and try the refused windows once more (when a sink is
+        still down they stay pending: see :attr:`pending`)."""
         if self._worker is not None and not self._worker.done():
             self._flush_now.set()
             try:
                 await self._queue.join()
             finally:
                 self._flush_now.clear()
+        if self._pending:
+            await self._flush_all(self._take_pending())
+        if not self._pending and self._backfill_from_ms is not None:
+            await self._backfill()
 
-    async def aclose(self) -> None:
-        await self.drain()
-        await cancel_and_wait(self._worker)
-        self._worker = None
+    async def aclose(self, timeout_s: float = 10.0) -> None:
+        # A sink still down at shutdown must not hold the process: one bounded try.
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self.drain()
+        await cancel_and_wait(self._worker, self._retrier)
+        self._worker = self._retrier = None
+        if self._pending:
+            unlogged = [r.trace_id for r in self._pending if not r.logged]
+            log.error("closing with %d windows not in the cold tier (the windows topic has all but %s)",
+                      len(self._pending), unlogged or "none")
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -154,17 +197,86 @@ class WindowRecorder:
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                by_tenant: dict[str, list[WindowRecord]] = defaultdict(list)
-                for r in batch:
-                    by_tenant[r.tenant].append(r)
-                await asyncio.gather(
-                    *(self._store(tenant, records) for tenant, records in by_tenant.items()),
-                    *(self._log(r) for r in batch),
-                )
+                await self._flush(batch)
             finally:
-                for r in batch:
-                    self._unflushed.pop((r.tenant, r.trace_id), None)
+                for _ in batch:
                     self._queue.task_done()
+
+    async def _flush(self, batch: Sequence[WindowRecord]) -> None:
+        """Each record to the sinks that lack it; what a sink refused waits for a retry."""
+        by_tenant: dict[str, list[WindowRecord]] = defaultdict(list)
+        for r in batch:
+            if not r.stored:
+                by_tenant[r.tenant].append(r)
+        await asyncio.gather(
+            *(self._store(tenant, records) for tenant, records in by_tenant.items()),
+            *(self._log(r) for r in batch if not r.logged),
+        )
+        failed = [r for r in batch if not r.done]
+        for r in batch:
+            if r.done:
+                self._unflushed.pop((r.tenant, r.trace_id), None)
+        if failed:
+            self._keep(failed)
+
+    def _keep(self, failed: Sequence[WindowRecord]) -> None:
+        self._pending.extend(failed)
+        over = len(self._pending) - self._retry_max_windows
+        if over > 0:
+            # Memory is bounded; the windows topic is the log (backfill reads it back).
+            dropped, self._pending = self._pending[:over], self._pending[over:]
+            for r in dropped:
+                self._unflushed.pop((r.tenant, r.trace_id), None)
+            metrics.RECORD_DROPPED.inc(len(dropped))
+            first = min((t for r in dropped if (t := trace_time(r.trace_id)) is not None), default=None)
+            if first is not None:
+                first_ms = int(first.timestamp() * 1000)
+                self._backfill_from_ms = min(self._backfill_from_ms or first_ms, first_ms)
+            unlogged = [r.trace_id for r in dropped if not r.logged]
+            log.error("%d windows left to the windows topic (not in the cold tier)%s", len(dropped),
+                      f"; not in the topic either: {unlogged}" if unlogged else "")
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.create_task(self._retry(), name="window-recorder-retry")
+
+    async def _flush_all(self, records: Sequence[WindowRecord]) -> None:
+        for start in range(0, len(records), self._batch_max):
+            await self._flush(records[start : start + self._batch_max])
+
+    def _take_pending(self) -> list[WindowRecord]:
+        taken, self._pending = self._pending, []
+        return taken
+
+    async def _retry(self) -> None:
+        delay = self._retry_first_s
+        # Also for what was let go from memory: backfilled from the topic once S3 is back.
+        while self._pending or self._backfill_from_ms is not None:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._retry_now.wait()
+            self._retry_now.clear()
+            if self._pending:
+                before = len(self._pending)
+                await self._flush_all(self._take_pending())
+                got_through = len(self._pending) < before
+            else:
+                got_through = await self._backfill()
+            # Back off while the sinks keep refusing; start over once one gets through.
+            delay = self._retry_first_s if got_through else min(delay * 2, self._retry_max_s)
+
+    async def _backfill(self) -> bool:
+        """The sinks are back: store the windows let go from memory, from the topic."""
+        from assembly.window_backfill import backfill_windows  # it builds on this module
+
+        since, self._backfill_from_ms = self._backfill_from_ms, None
+        if since is None:
+            return True
+        try:
+            await backfill_windows(self._settings, self._cold, since)
+        except Exception as exc:  # the topic keeps them; the next try (or one by hand) stores them
+            self._backfill_from_ms = since if self._backfill_from_ms is None else min(since, self._backfill_from_ms)
+            log.error("windows backfill from %d ms failed (`ctxpipe windows-backfill` stores them): %r", since, exc)
+            return False
+        return True
 
     async def _store(self, tenant: str, records: Sequence[WindowRecord]) -> None:
         ordered = sorted(records, key=lambda r: r.trace_id)
@@ -173,7 +285,10 @@ class WindowRecorder:
             await self._cold.put_lines(key, [r.payload for r in ordered])
         except Exception as exc:  # like the Kafka sink: the recording worker must keep going
             metrics.RECORD_ERRORS.labels(sink="cold").inc()
-            log.warning("%d windows of tenant %s not stored in the cold tier: %s", len(records), tenant, exc)
+            log.warning("%d windows of tenant %s not stored in the cold tier yet: %s", len(records), tenant, exc)
+            return
+        for r in records:
+            r.stored = True
 
     async def _log(self, r: WindowRecord) -> None:
         try:
@@ -182,7 +297,9 @@ class WindowRecorder:
             await producer.send_and_wait(self._topic, value=r.payload, key=f"{r.tenant}/{r.scope}".encode())
         except Exception as exc:  # a logging sink must never break the service
             metrics.RECORD_ERRORS.labels(sink="kafka").inc()
-            log.warning("window %s not logged to %s: %r", r.trace_id, self._topic, exc)
+            log.warning("window %s not logged to %s yet: %r", r.trace_id, self._topic, exc)
+            return
+        r.logged = True
 
     async def _get_producer(self) -> AIOKafkaProducer:
         async with self._producer_lock:
@@ -204,11 +321,28 @@ class WindowRecorder:
 
 
 async def load_window(
-    cold: ColdStore, tenant: str, trace_id: str, recorder: WindowRecorder | None = None
+    cold: ColdStore, tenant: str, trace_id: str, recorder: WindowRecorder | None = None,
+    log_reader: WindowLogReader | None = None,
 ) -> bytes:
-    """The stored window record, exactly as written when it was served."""
+    """The stored window record, exactly as written when it was served: from the
+    recorder's memory, the cold tier, or (with ``log_reader``) the windows topic."""
     if recorder is not None and (raw := recorder.unflushed(tenant, trace_id)) is not None:
         return raw
+    cold_error: StorageError | None = None
+    try:
+        raw = await _load_cold(cold, tenant, trace_id)
+    except StorageError as exc:  # S3 down: the topic may still have it
+        raw, cold_error = None, exc
+    if raw is None and log_reader is not None:
+        raw = await log_reader.find(tenant, trace_id)
+    if raw is None and cold_error is not None:
+        raise cold_error  # not found is not known: the cold tier could not be asked
+    if raw is None:
+        raise WindowNotFoundError(f"no window recorded for trace id {trace_id!r} of tenant {tenant!r}")
+    return raw
+
+
+async def _load_cold(cold: ColdStore, tenant: str, trace_id: str) -> bytes | None:
     issued = trace_time(trace_id)
     if issued is None:
         raw = await cold.get_bytes(window_key(tenant, trace_id))  # recorded before batching
@@ -223,6 +357,4 @@ async def load_window(
                     break
             if raw is not None:
                 break
-    if raw is None:
-        raise WindowNotFoundError(f"no window recorded for trace id {trace_id!r} of tenant {tenant!r}")
     return raw

@@ -42,6 +42,7 @@ from assembly.summary_source import StoredSummaries
 from assembly.exceptions import BudgetTooSmallError
 from assembly.query_embedder import QueryEmbedder
 from assembly.recording import WindowRecorder, new_trace_id
+from assembly.window_log import WindowLogReader
 from ctxpipe.errors import CtxPipeError
 from ctxpipe.settings import AssemblySettings, Settings
 from ctxpipe.tasks import cancel_and_wait
@@ -154,6 +155,7 @@ class AssemblyService:
         # The stream's running summaries by default (NoSummaries turns the section off).
         self.summaries = summaries if summaries is not None else StoredSummaries.from_tiers(tiers.hot, tiers.cold)
         self.recorder = WindowRecorder(tiers.cold, tiers.settings)
+        self.window_log = WindowLogReader(tiers.settings)
         self._clock = clock
         emb = tiers.settings.embedding
         # The model itself (not the Redis-cached wrapper): queries are mostly distinct, so

@@ -50,7 +50,7 @@ async def _publish(path: str, validate: bool) -> None:
         print(orjson.dumps({"event_id": ev.get("event_id"), **pos.model_dump()}).decode())
 
 
-_VERSION_COMMANDS = ("replay", "reproduce", "versions", "cleanup")
+_VERSION_COMMANDS = ("replay", "reproduce", "versions", "cleanup", "windows-backfill")
 
 
 def _offsets(text: str | None) -> dict[int, int] | None:
@@ -80,6 +80,8 @@ def _add_version_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     vs.add_argument("action", choices=["list", "switch", "drop"])
     vs.add_argument("name", nargs="?")
     sub.add_parser("cleanup", help="delete expired scratch versions and dropped versions")
+    wb = sub.add_parser("windows-backfill", help="store windows the cold tier lacks, from the windows topic")
+    wb.add_argument("--since-minutes", type=float, default=60.0, help="read the topic from this long ago")
 
 
 async def _version_command(args: argparse.Namespace) -> None:
@@ -127,6 +129,15 @@ async def _version_command(args: argparse.Namespace) -> None:
             else:
                 await registry.mark_dropped(args.name)
                 print(f"dropped {args.name}: `ctxpipe cleanup` deletes its data after versions.dropped_grace_s")
+    elif args.cmd == "windows-backfill":
+        import time
+
+        from assembly.window_backfill import backfill_windows
+        from storage.cold import ColdStore
+
+        async with ColdStore(settings.s3) as cold:
+            result = await backfill_windows(settings, cold, int((time.time() - args.since_minutes * 60) * 1000))
+        print(orjson.dumps({"seen": result.seen, "stored": result.stored}).decode())
     elif args.cmd == "cleanup":
         from storage.retention import cleanup
 

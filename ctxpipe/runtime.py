@@ -50,8 +50,10 @@ class Runtime:
     app: faust.App | None
     # The index version the API serves (ctxpipe.versions); a switch swaps hot/semantic.
     version: str = "base"
-    # The background summary stage; None without a worker.
+    # The background summary stage (issue 5); None without a worker.
     summaries: SummaryScheduler | None = None
+    # ``serve`` starts the ingest agent in the background (see open_runtime).
+    worker: BackgroundWorker | None = None
     # The worker's pipeline, which follows the serving version; None without a worker.
     follower: PipelineFollower | None = None
 
@@ -73,10 +75,14 @@ class Runtime:
             checks["qdrant"] = "ok"
         except Exception as exc:
             checks["qdrant"] = f"error: {exc}"
-        if self.app is not None:
+        if self.worker is not None and self.app is None:
+            # Joining the consumer group (after a crash: until the dead member's session
+            # ends) is no outage of the API: "starting" counts as healthy, a failure not.
+            checks["worker"] = self.worker.state
+        elif self.app is not None:
             crashed = getattr(self.app, "crash_reason", None)
             checks["worker"] = f"crashed: {crashed}" if crashed else "ok"
-        return {"ok": all(v == "ok" for v in checks.values()), "checks": checks}
+        return {"ok": all(v == "ok" or v.startswith("starting") for v in checks.values()), "checks": checks}
 
     async def scope_view(self, tenant: str, scope: str, *, limit: int) -> dict[str, Any]:
         recent = await self.hot.recent(tenant, scope, limit=limit)
@@ -209,6 +215,91 @@ class PipelineFollower:
         await self._stack.aclose()
 
 
+class BackgroundWorker:
+    """The faust ingest agent, started after the API: the API answers from its tiers while
+    the agent joins the consumer group. Stopped gracefully (offsets committed) through an
+    event, not a cancellation; cancelled only while it is still starting."""
+
+    def __init__(self, runtime: Runtime, producer: AIOKafkaProducer) -> None:
+        self._runtime = runtime
+        self._producer = producer
+        self._waiting: str | None = None
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return f"failed: {self.error!r}"
+        if self._started.is_set():
+            return "ok"
+        return "starting" if self._waiting is None else f"starting: waiting for Kafka ({self._waiting})"
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="ingest-worker")
+
+    async def wait_started(self) -> None:
+        """Until the agent runs (tests; raises what stopped it from starting)."""
+        assert self._task is not None
+        started = asyncio.ensure_future(self._started.wait())
+        try:
+            await asyncio.wait({self._task, started}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(started)
+        if self.error is not None:
+            raise self.error
+
+    async def _until_kafka(self) -> None:
+        """Create the topics and start the producer, trying again while the broker is down:
+        the API answers meanwhile (it needs no Kafka)."""
+        delay = 0.5
+        while True:
+            try:
+                await ensure_topics(self._runtime.settings.kafka)
+                await self._producer.start()
+                self._waiting = None
+                return
+            except (KafkaError, OSError) as exc:
+                if self._waiting is None:
+                    log.warning("Kafka at %s unreachable, the ingest worker waits for it: %r",
+                                self._runtime.settings.kafka.bootstrap_servers, exc)
+                self._waiting = repr(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _run(self) -> None:
+        rt = self._runtime
+        try:
+            await self._until_kafka()
+            async with running_app(rt.settings.kafka, rt.follower or rt.pipeline) as app:
+                lag_task = asyncio.create_task(track_lag(rt.settings.kafka, rt.hot), name="consumer-lag")
+                try:
+                    rt.app = app
+                    if rt.follower is not None:
+                        rt.follower.app = app
+                    self._started.set()
+                    log.debug("ingest worker running (group %s)", rt.settings.kafka.consumer_group)
+                    await self._stop.wait()
+                finally:
+                    await cancel_and_wait(lag_task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # reported by health(); the API keeps answering
+            self.error = exc
+            log.exception("the ingest worker stopped")
+
+    async def aclose(self) -> None:
+        self._stop.set()
+        if self._task is None:
+            return
+        if not self._started.is_set():
+            await cancel_and_wait(self._task)
+        else:
+            await asyncio.wait({self._task})
+
+
 def _item(chunk: Any) -> dict[str, Any]:
     return {
         "event_id": chunk.event_id,
@@ -220,13 +311,15 @@ def _item(chunk: Any) -> dict[str, Any]:
     }
 
 
-async def _check_reachable(settings: Settings, hot: HotStore) -> None:
+async def _check_reachable(settings: Settings, hot: HotStore, *, kafka: bool = True) -> None:
     """Fail at start-up with one clear line instead of a driver stack trace later."""
     hint = "start the local stack with `python -m infra up` or fix the CTX_* settings"
     try:
         await hot.ping()
     except CtxPipeError as exc:
         raise DependencyUnavailableError(f"cannot reach Redis at {settings.redis.url}: {hint}") from exc
+    if not kafka:
+        return
     try:
         await ensure_topics(settings.kafka)
     except KafkaError as exc:
@@ -237,9 +330,12 @@ async def _check_reachable(settings: Settings, hot: HotStore) -> None:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, worker: bool = True, model: Embedder | None = None
+    settings: Settings, *, worker: bool = True, model: Embedder | None = None, background_worker: bool = False
 ) -> AsyncIterator[Runtime]:
-    """Open every tier; with ``worker=True`` also run the faust ingest agent."""
+    """Open every tier; with ``worker=True`` also run the faust ingest agent, started
+    before this returns, or with ``background_worker=True`` after: joining the consumer
+    group can take a dead member's whole session timeout after a crash, and the API needs
+    only the tiers."""
     async with AsyncExitStack() as stack:
         # Derived state lives in the serving version's namespace; the cache stays shared.
         version, vsettings, chunking = await resolve_serving(settings)
@@ -247,7 +343,8 @@ async def open_runtime(
         stack.push_async_callback(hot.aclose)
         cache = EmbeddingCacheRedis(settings.redis, settings.embedding.model_name)
         stack.push_async_callback(cache.aclose)
-        await _check_reachable(settings, hot)
+        # With the worker in the background, Kafka is its business (it waits for the broker).
+        await _check_reachable(settings, hot, kafka=not (worker and background_worker))
         cold = ColdStore(settings.s3)
         await cold.ensure_bucket()
         semantic = await open_semantic_store(vsettings.qdrant, settings.embedding.dimension)
@@ -258,7 +355,8 @@ async def open_runtime(
             bootstrap_servers=settings.kafka.bootstrap_servers, acks="all", enable_idempotence=True
         )
         stack.push_async_callback(producer.stop)  # first: a start cancelled half-way is stopped too
-        await producer.start()
+        if not (worker and background_worker):
+            await producer.start()
         # Summaries run off the ingest path; closed before the producer.
         follower = PipelineFollower(settings, cold, embedder, producer, version)
         pipeline = await follower.start(hot, semantic, chunking, summaries=worker)
@@ -269,10 +367,15 @@ async def open_runtime(
             # stores of a version switched to stay open while the worker writes to them.
             await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))
         stack.push_async_callback(follower.aclose)
-        if worker:
+        if worker and not background_worker:
             runtime.app = follower.app = await stack.enter_async_context(running_app(settings.kafka, follower))
             lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
             stack.push_async_callback(cancel_and_wait, lag_task)
+        if worker and background_worker:
+            runtime.worker = BackgroundWorker(runtime, producer)
+            runtime.worker.start()
+            stack.push_async_callback(runtime.worker.aclose)
+        if worker:
             snapshots = asyncio.create_task(run_snapshots(lambda: runtime.hot, cold, vsettings.redis),
                                             name="scope-snapshots")
             stack.push_async_callback(cancel_and_wait, snapshots)

@@ -38,8 +38,19 @@ async def _serve(settings: Settings, demo: bool) -> None:
         log.warning("no tenant API keys configured (CTX_API__TENANT_KEYS): the API is open")
     # Open every tier before uvicorn starts: a start-up failure (a server down, a locked
     # Edge shard) then reaches the CLI as one clear line instead of a lifespan traceback.
-    async with open_runtime(settings) as runtime:
+    # The ingest agent joins its consumer group in the background: after a crash that
+    # join waits for the dead member's session, and the API needs none of it.
+    async with open_runtime(_with_static_membership(settings), background_worker=True) as runtime:
         await _serve_api(settings, runtime, demo)
+
+
+def _with_static_membership(settings: Settings) -> Settings:
+    """One ``serve`` per host and API port: that pair names its consumer-group member, so a
+    restart after a crash takes the partitions back without waiting for the dead session."""
+    if settings.kafka.group_instance_id is not None:
+        return settings
+    member = f"{socket.gethostname()}:{settings.api.port}"
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"group_instance_id": member})})
 
 
 async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:

@@ -40,6 +40,16 @@ class KafkaSettings(_Group):
     # Larger batches amortise the per-batch writes (S3 object, Redis, Qdrant) over more events.
     batch_max: int = Field(default=512, gt=0)
     batch_wait_s: float = Field(default=0.2, gt=0)
+    # How long the broker waits for a silent member before it hands its partitions to the
+    # others. After a crash a restarted worker's join waits this long for the dead member
+    # (with faust's default of 60 s: ~32-48 s measured). The broker accepts 6-1800 s by default;
+    # heartbeats go every 3 s (faust's default), so 10 s allows two missed beats.
+    session_timeout_s: float = Field(default=10.0, ge=6, le=1800)
+    # Static group membership (Kafka's group.instance.id): a worker restarted with the same
+    # id takes its partitions back at once, no rebalance, no wait for the dead session.
+    # Must be unique per worker process (e.g. the pod name). None: dynamic membership;
+    # ``ctxpipe serve`` then uses "<host>:<API port>" (one serve per port and host).
+    group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
 
     @property
     def port(self) -> int:
@@ -223,6 +233,15 @@ class AssemblySettings(_Group):
     # or sooner when record_batch_max are waiting (assembly/recording.py).
     record_flush_s: float = Field(default=1.0, gt=0)
     record_batch_max: int = Field(default=256, gt=0)
+    # A window a sink refused (S3 or the windows topic down) stays in memory, readable, and
+    # is tried again after record_retry_first_s, doubling to record_retry_max_s; at most
+    # record_retry_max_windows wait (~20-30 kB each), the oldest beyond are left to the topic.
+    record_retry_first_s: float = Field(default=0.5, gt=0)
+    record_retry_max_s: float = Field(default=30.0, gt=0)
+    record_retry_max_windows: int = Field(default=20_000, gt=0)
+    # GET /v1/context/{trace_id} reads the windows topic when neither memory nor the cold
+    # tier has the window: from the trace's time, at most this many records (0: never).
+    record_topic_scan_max: int = Field(default=50_000, ge=0)
 
 
 class SummarizerSettings(_Group):

@@ -12,7 +12,8 @@ Key layout::
 
 Archive keys are deterministic (the offset range) and zero-padded, so re-archiving a range
 overwrites the same object and a listing comes back in offset order. Tenant, scope and
-trace ids are percent-encoded so no id can reach another tenant's prefix.
+trace ids are percent-encoded so no id can reach another tenant's prefix; "." and ".."
+and names too long for one segment get a form of their own (:func:`key_segment`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import hashlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -59,10 +61,27 @@ class ArchivedRecord(NamedTuple):
     value: bytes
 
 
-def _seg(value: str, what: str) -> str:
+# A key segment is a file or folder name on file-backed stores (S3Proxy, MinIO): most
+# file systems allow 255 bytes a name. Longer percent-encoded names are hashed.
+MAX_SEGMENT_BYTES: Final = 200
+
+
+def key_segment(value: str, what: str) -> str:
+    """``value`` as one safe object-key segment. Names that fit keep today's readable
+    form (percent-encoded, so no id can reach another prefix); "." and ".." (which S3
+    paths resolve) and names over :data:`MAX_SEGMENT_BYTES` encoded get a form the
+    encoding never produces (``%2E``; ``=`` + SHA-256), so no two names ever share a key."""
     if not value:
         raise ValueError(f"{what} must be non-empty")
-    return quote(value, safe="")
+    encoded = quote(value, safe="")
+    if encoded in (".", ".."):
+        return encoded.replace(".", "%2E")
+    if len(encoded) > MAX_SEGMENT_BYTES:
+        return "=" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return encoded
+
+
+_seg = key_segment
 
 
 def archive_prefix(topic: str, partition: int) -> str:

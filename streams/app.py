@@ -48,6 +48,8 @@ def create_app(settings: KafkaSettings, pipeline: BatchProcessor, datadir: Path)
         topic_partitions=settings.partitions,
         broker_commit_interval=settings.commit_interval_s,
         broker_commit_every=1000,
+        broker_session_timeout=settings.session_timeout_s,
+        consumer_group_instance_id=settings.group_instance_id,
         # One replica: the local broker is a single node.
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",

@@ -53,7 +53,7 @@ from processors.summarize import ResilientSummarizer, SummaryRecord
 from processors.summarize.prompt import DOCUMENT_PROMPT_VERSION
 from processors.tokens import LocalTokenCounter, TokenCounter
 from processors.types import Chunk
-from storage.cold import ColdStore, summary_key
+from storage.cold import ColdStore, key_segment, summary_key
 from storage.exceptions import StorageDataError
 from storage.hot import HotStore, translate_redis_errors
 from streams.events import EventKind, SourceEvent
@@ -107,9 +107,7 @@ class SummaryPublisher(Protocol):
 
 
 def doc_summary_key(tenant: str, doc_id: str) -> str:
-    if not tenant or not doc_id:
-        raise ValueError("tenant and doc_id must be non-empty")
-    return f"doc-summaries/{quote(tenant, safe='')}/{quote(doc_id, safe='')}.json"
+    return f"doc-summaries/{key_segment(tenant, 'tenant')}/{key_segment(doc_id, 'doc_id')}.json"
 
 
 def _latest_key(record: SummaryRecord) -> str:

@@ -16,9 +16,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import anthropic
+if TYPE_CHECKING:
+    # Imported where a client is built or its error read: the SDK costs ~1.8 s of CPU to
+    # import, paid by every `ctxpipe serve` start (and restart) that never calls Claude.
+    import anthropic
 
 from ctxpipe.errors import ConfigurationError
 from ctxpipe.settings import SummarizerSettings
@@ -59,6 +62,8 @@ class SummarizerStats:
 def build_client(settings: SummarizerSettings) -> anthropic.AsyncAnthropic:
     if settings.api_key is None:
         raise ConfigurationError("summarizer.api_key is not set")
+    import anthropic
+
     return anthropic.AsyncAnthropic(
         api_key=settings.api_key.get_secret_value(),
         base_url=settings.base_url,
@@ -219,6 +224,8 @@ class ClaudeSummarizer:
     @staticmethod
     def _classify(exc: Exception) -> tuple[SummarizerError, bool]:
         """Our error for an SDK error, and whether it counts against the breaker."""
+        import anthropic  # loaded already: the client that raised is the SDK's
+
         if isinstance(exc, anthropic.APITimeoutError):
             return SummarizerUnavailableError(f"timeout: {exc}"), True
         if isinstance(exc, anthropic.APIConnectionError):

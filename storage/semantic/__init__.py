@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-
-from qdrant_client import AsyncQdrantClient
+from typing import TYPE_CHECKING, Any
 
 from ctxpipe.settings import QdrantSettings
 from storage.semantic.base import SemanticHit, SemanticStore
@@ -24,8 +23,10 @@ from storage.semantic.exceptions import (
     SemanticStoreLocked,
     SemanticStoreUnavailable,
 )
-from storage.semantic.server import ServerSemanticStore
 from storage.semantic.sparse import Bm25Encoder, SparseEmbedding
+
+if TYPE_CHECKING:
+    from storage.semantic.server import ServerSemanticStore
 
 __all__ = [
     "Bm25Encoder",
@@ -59,6 +60,12 @@ async def open_semantic_store(settings: QdrantSettings, dimension: int) -> Seman
                 EdgeSemanticStore.open, settings.edge_path, dimension, doc_cache_points=cache, search_threads=threads
             )
         )
+    # Imported for the server mode only: qdrant-client costs ~1.5 s of CPU to import, paid
+    # by every start of the service and of the Edge child that never talks to a server.
+    from qdrant_client import AsyncQdrantClient
+
+    from storage.semantic.server import ServerSemanticStore
+
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     # No client/server version probe: it runs in a background thread at construction and
     # only warns; ensure_collection() checks what we rely on (the collection's schema).
@@ -68,3 +75,11 @@ async def open_semantic_store(settings: QdrantSettings, dimension: int) -> Seman
     except BaseException:
         await client.close()
         raise
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ServerSemanticStore":
+        from storage.semantic.server import ServerSemanticStore
+
+        return ServerSemanticStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
