@@ -30,7 +30,7 @@ from streams.app import running_app
 from streams.dlq import KafkaDeadLetterSink
 from streams.ingest import IngestPipeline
 from streams.summaries import SummarizingPipeline, SummaryScheduler, open_summaries
-from streams.lag import track_lag
+from streams.lag import ProgressTracker, track_lag
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class Runtime:
     version: str = "base"
     # The background summary stage (issue 5); None without a worker.
     summaries: SummaryScheduler | None = None
+    # Per-partition ingest progress (streams.lag); None without a worker.
+    progress: ProgressTracker | None = None
 
     async def health(self) -> dict[str, Any]:
         checks: dict[str, str] = {}
@@ -65,7 +67,17 @@ class Runtime:
         if self.app is not None:
             crashed = getattr(self.app, "crash_reason", None)
             checks["worker"] = f"crashed: {crashed}" if crashed else "ok"
-        return {"ok": all(v == "ok" for v in checks.values()), "checks": checks}
+        report: dict[str, Any] = {"ok": False, "checks": checks}
+        if self.progress is not None:
+            # A worker alive but making no progress while lag grows is not healthy.
+            ingest = self.progress.report()
+            stalled = [p for p, v in ingest["partitions"].items() if v["stalled"]]
+            checks["ingest"] = "ok" if not stalled else (
+                f"stalled: partitions {stalled} have lag and no progress for {self.progress.stall_after_s:g} s"
+            )
+            report["ingest"] = ingest
+        report["ok"] = all(v == "ok" for v in checks.values())
+        return report
 
     async def scope_view(self, tenant: str, scope: str, *, limit: int) -> dict[str, Any]:
         recent = await self.hot.recent(tenant, scope, limit=limit)
@@ -162,11 +174,18 @@ async def open_runtime(
             chunking=chunking,
         )
         app = None
+        progress = None
         if worker:
             app = await stack.enter_async_context(running_app(settings.kafka, pipeline))
-            lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
+            progress = ProgressTracker(settings.kafka.stall_after_s)
+            lag_task = asyncio.create_task(
+                track_lag(settings.kafka, hot, settings.kafka.lag_interval_s, progress), name="consumer-lag"
+            )
             stack.push_async_callback(cancel_and_wait, lag_task)
-        runtime = Runtime(settings, hot, semantic, cold, embedder, pipeline, app, version=version, summaries=summaries)
+        runtime = Runtime(
+            settings, hot, semantic, cold, embedder, pipeline, app,
+            version=version, summaries=summaries, progress=progress,
+        )
         if settings.versions.pinned is None:
             await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))
         yield runtime

@@ -40,6 +40,11 @@ class KafkaSettings(_Group):
     # Larger batches amortise the per-batch writes (S3 object, Redis, Qdrant) over more events.
     batch_max: int = Field(default=512, gt=0)
     batch_wait_s: float = Field(default=0.2, gt=0)
+    # Health: a partition with lag whose applied offset has not moved for this long is
+    # stalled, and /healthz says so (503). Longer than a large batch takes to store.
+    stall_after_s: float = Field(default=60.0, gt=0)
+    # How often the worker measures lag and progress (the gauge and the health check).
+    lag_interval_s: float = Field(default=5.0, gt=0)
 
     @property
     def port(self) -> int:

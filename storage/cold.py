@@ -24,7 +24,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
-from urllib.parse import quote
 
 import boto3
 import orjson
@@ -36,6 +35,7 @@ from ctxpipe.settings import S3Settings
 from processors.types import Chunk
 from storage.base import AsyncCloseable
 from storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
+from storage.names import MAX_SEGMENT_BYTES, safe_segment
 
 _TIER: Final = "cold"
 # No S3 type stubs (mypy_boto3_s3) are installed; the client is dynamically typed.
@@ -59,10 +59,9 @@ class ArchivedRecord(NamedTuple):
     value: bytes
 
 
-def _seg(value: str, what: str) -> str:
-    if not value:
-        raise ValueError(f"{what} must be non-empty")
-    return quote(value, safe="")
+def _seg(value: str, what: str, suffix: str = "") -> str:
+    # One key segment, with room for its suffix; long or odd names are hashed (storage.names).
+    return safe_segment(value, what, max_bytes=MAX_SEGMENT_BYTES - len(suffix)) + suffix
 
 
 def archive_prefix(topic: str, partition: int) -> str:
@@ -74,7 +73,7 @@ def archive_key(topic: str, partition: int, first_offset: int, last_offset: int)
 
 
 def scope_snapshot_key(tenant: str, scope: str) -> str:
-    return f"scopes/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope')}.json.gz"
+    return f"scopes/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope', '.json.gz')}"
 
 
 def window_prefix(tenant: str) -> str:
@@ -85,11 +84,11 @@ def window_prefix(tenant: str) -> str:
 def window_key(tenant: str, trace_id: str) -> str:
     """Where a window was stored on its own, before windows were recorded in batches
     (assembly/recording.py); read for old trace ids."""
-    return f"{window_prefix(tenant)}{_seg(trace_id, 'trace_id')}.json"
+    return f"{window_prefix(tenant)}{_seg(trace_id, 'trace_id', '.json')}"
 
 
 def summary_key(tenant: str, scope: str) -> str:
-    return f"summaries/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope')}.json"
+    return f"summaries/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope', '.json')}"
 
 
 def _encode_bytes(raw: bytes) -> tuple[str, str]:

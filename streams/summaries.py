@@ -56,6 +56,7 @@ from processors.types import Chunk
 from storage.cold import ColdStore, summary_key
 from storage.exceptions import StorageDataError
 from storage.hot import HotStore, translate_redis_errors
+from storage.names import safe_segment
 from streams.events import EventKind, SourceEvent
 from streams.ingest import BatchResult, IngestPipeline
 from streams.records import RawRecord
@@ -109,7 +110,8 @@ class SummaryPublisher(Protocol):
 def doc_summary_key(tenant: str, doc_id: str) -> str:
     if not tenant or not doc_id:
         raise ValueError("tenant and doc_id must be non-empty")
-    return f"doc-summaries/{quote(tenant, safe='')}/{quote(doc_id, safe='')}.json"
+    # Same naming as the cold tier's keys: long or odd names are hashed (storage.names).
+    return f"doc-summaries/{safe_segment(tenant, 'tenant')}/{safe_segment(doc_id, 'doc_id', max_bytes=250)}.json"
 
 
 def _latest_key(record: SummaryRecord) -> str:
