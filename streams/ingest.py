@@ -89,6 +89,7 @@ class BatchResult:
     chunks: int = 0
     deleted_sources: int = 0
     duplicates: int = 0
+    superseded: int = 0  # documents older than the stored version (version guard)
     positions: dict[int, int] = field(default_factory=dict)  # partition -> last offset
     topic: str | None = None
 
@@ -193,7 +194,7 @@ class IngestPipeline:
         async with _stage("dedupe"):
             kept = await self._drop_republished(list(accepted), result)
 
-        final = self._last_action_per_source(kept)
+        final = await self._drop_superseded(self._last_action_per_source(kept), result)
         # The cold copy is what survives Kafka retention and what a replay falls back to:
         # it must exist before the offsets are committed, but it need not wait for (or
         # hold up) the derived tiers, so both run at once.
@@ -287,6 +288,34 @@ class IngestPipeline:
                 await with_retries(lambda: self._cold.archive(topic, partition, recs), tier="cold")
         metrics.STAGE_SECONDS.labels(stage="archive").observe(time.perf_counter() - started)
 
+    async def _drop_superseded(
+        self, final: dict[tuple[str, str], _Accepted], result: BatchResult
+    ) -> dict[tuple[str, str], _Accepted]:
+        """Version guard: a document older than the stored version of its doc_id (published
+        late, or out of order) changes nothing. It stays archived and acked."""
+        wanted: dict[str, list[str]] = defaultdict(list)
+        for (tenant, source_id), item in final.items():
+            if item.event.kind is EventKind.DOCUMENT:
+                wanted[tenant].append(source_id)
+        if not wanted:
+            return final
+        async with _stage("version"):
+            stored = {
+                (tenant, doc_id): version
+                for tenant, ids in wanted.items()
+                for doc_id, version in (
+                    await with_retries(lambda: self._hot.doc_versions(tenant, ids), tier="hot")
+                ).items()
+            }
+        kept: dict[tuple[str, str], _Accepted] = {}
+        for key, item in final.items():
+            if item.event.kind is EventKind.DOCUMENT and (item.event.version or 0) < stored.get(key, -1):
+                result.superseded += 1
+                metrics.EVENTS_SUPERSEDED.inc()
+                continue
+            kept[key] = item
+        return kept
+
     @staticmethod
     def _source_key(event: SourceEvent) -> tuple[str, str]:
         if event.kind is EventKind.DELETE:
@@ -299,6 +328,13 @@ class IngestPipeline:
         final: dict[tuple[str, str], _Accepted] = {}
         for item in accepted:
             key = self._source_key(item.event)
+            before = final.get(key)
+            if (
+                before is not None and item.event.kind is EventKind.DOCUMENT
+                and before.event.kind is EventKind.DOCUMENT
+                and (item.event.version or 0) < (before.event.version or 0)
+            ):
+                continue  # version guard inside the batch: an older version changes nothing
             final.pop(key, None)  # keep batch order of the surviving actions
             final[key] = item
         return final
@@ -336,6 +372,8 @@ class IngestPipeline:
                 await with_retries(
                     lambda: self._hot.remove_source(tenant, ev.scope, source_id), tier="hot"
                 )
+                if ev.doc_id:
+                    await with_retries(lambda: self._hot.forget_doc_version(tenant, source_id), tier="hot")
                 deleted += 1
             elif ev.kind is EventKind.DOCUMENT:
                 # A newer version replaces the older one's chunks everywhere.
@@ -343,6 +381,10 @@ class IngestPipeline:
                 await with_retries(
                     lambda: self._semantic.delete_source(tenant, source_id, keep_version=version),
                     tier="semantic",
+                )
+                # After the old versions are gone: a crash before this repeats the delete.
+                await with_retries(
+                    lambda: self._hot.raise_doc_versions({(tenant, source_id): version}), tier="hot"
                 )
         return deleted
 

@@ -151,3 +151,34 @@ async def test_a_record_failing_a_stage_is_isolated_and_the_rest_of_its_batch_is
     # as ingested (its hot copy was written before the semantic stage refused it).
     archived = {orjson.loads(r.value)["event_id"] async for r in runtime.cold.read_archive(ks.source_topic, positions[0].partition)}
     assert set(good) <= archived
+
+
+async def test_an_older_document_version_arriving_later_changes_nothing(
+    runtime: Runtime, test_settings: Settings
+) -> None:
+    ks = test_settings.kafka
+    run = uuid.uuid4().hex[:6]
+
+    def doc(version: int, word: str) -> dict[str, Any]:
+        return {"event_id": f"{run}-v{version}-{word}", "tenant": "acme", "scope": "kb", "kind": "document",
+                "doc_id": f"{run}-doc", "version": version, "content": f"the {word} text of the handbook"}
+
+    async with Publisher(ks) as pub:
+        # In one batch (v3 then v1), then in later batches (v2, then v5 after a delete).
+        positions = await pub.publish([doc(3, "third"), doc(1, "first")])
+        await wait_applied(runtime.hot, ks.source_topic, positions)
+        positions = await pub.publish([doc(2, "second")])
+        await wait_applied(runtime.hot, ks.source_topic, positions)
+        hits = await runtime.semantic.search("acme", ["kb"], [0.0] * test_settings.embedding.dimension, "handbook", limit=10)
+        assert {(h.chunk.version, h.chunk.event_id) for h in hits} == {(3, f"{run}-v3-third")}
+        assert await runtime.hot.doc_versions("acme", [f"{run}-doc"]) == {f"{run}-doc": 3}
+
+        positions = await pub.publish([{"event_id": f"{run}-del", "tenant": "acme", "scope": "kb",
+                                         "kind": "delete", "doc_id": f"{run}-doc"}])
+        await wait_applied(runtime.hot, ks.source_topic, positions)
+        assert await runtime.semantic.count("acme", "kb") == 0
+        # After a delete any version may come back.
+        positions = await pub.publish([doc(1, "again")])
+        await wait_applied(runtime.hot, ks.source_topic, positions)
+    hits = await runtime.semantic.search("acme", ["kb"], [0.0] * test_settings.embedding.dimension, "handbook", limit=10)
+    assert {(h.chunk.version, h.chunk.event_id) for h in hits} == {(1, f"{run}-v1-again")}
