@@ -1,14 +1,16 @@
-"""Poison records on the real stack: none may wedge ingestion (issue 16).
+"""Reliability of ingestion on the real stack (issue 16).
 
-Each record below once stopped the ingest agent for every tenant: records the contract
-now refuses reach the dead-letter topic with a reason; long or odd names the contract
-allows are stored under hashed storage names; and a record that fails a stage for a
-reason the contract cannot see is found, dead-lettered with its stage, while the rest of
-its batch is stored and later records keep flowing.
+Each poison record below once stopped the ingest agent for every tenant: records the
+contract now refuses reach the dead-letter topic with a reason; long or odd names the
+contract allows are stored under hashed storage names; and a record that fails a stage
+for a reason the contract cannot see is found, dead-lettered with its stage, while the
+rest of its batch is stored and later records keep flowing. Also: the document version
+guard, and a health check that sees a partition making no progress.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from ctxpipe.runtime import Runtime, open_runtime
 from ctxpipe.settings import Settings
 from processors.types import EmbeddedChunk
-from storage.semantic.exceptions import SemanticStoreError
+from storage.semantic.exceptions import SemanticStoreError, SemanticStoreUnavailable
 from streams.events import EventPosition
 from streams.publisher import Publisher
 from ingest_helpers import read_topic, wait_applied
@@ -182,3 +184,52 @@ async def test_an_older_document_version_arriving_later_changes_nothing(
         await wait_applied(runtime.hot, ks.source_topic, positions)
     hits = await runtime.semantic.search("acme", ["kb"], [0.0] * test_settings.embedding.dimension, "handbook", limit=10)
     assert {(h.chunk.version, h.chunk.event_id) for h in hits} == {(1, f"{run}-v1-again")}
+
+
+class _Down:
+    """The real semantic store behind an outage: every upsert fails, retriable, until
+    ``up`` is set (the worker's retry loop waits, making no progress)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.up = False
+
+    async def upsert(self, chunks: Sequence[EmbeddedChunk]) -> None:
+        if not self.up:
+            raise SemanticStoreUnavailable("injected outage")
+        await self._inner.upsert(chunks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+async def test_health_reports_a_partition_that_makes_no_progress_while_it_has_lag(test_settings: Settings) -> None:
+    ks = test_settings.kafka.model_copy(update={"stall_after_s": 2.0, "lag_interval_s": 0.5})
+    settings = test_settings.model_copy(update={"kafka": ks})
+    run = uuid.uuid4().hex[:6]
+    async with open_runtime(settings, worker=True) as runtime:
+        assert (await runtime.health())["checks"]["ingest"] == "ok"
+        down = _Down(runtime.pipeline._semantic)
+        runtime.pipeline._semantic = down  # type: ignore[assignment]
+        async with Publisher(ks) as pub:
+            positions = await pub.publish([_msg(f"{run}-m{i}") for i in range(3)])
+        report: dict[str, Any] = {}
+        for _ in range(60):
+            await asyncio.sleep(0.5)
+            report = await runtime.health()
+            if not report["ok"]:
+                break
+        assert report["ok"] is False, report
+        assert report["checks"]["ingest"].startswith("stalled: partitions [%d]" % positions[0].partition)
+        assert report["checks"]["worker"] == "ok"  # the process alone would say all is well
+        part = report["ingest"]["partitions"][positions[0].partition]
+        assert part["stalled"] and part["lag"] >= 1
+
+        down.up = True
+        await wait_applied(runtime.hot, ks.source_topic, positions)
+        for _ in range(20):
+            await asyncio.sleep(0.5)
+            report = await runtime.health()
+            if report["ok"]:
+                break
+        assert report["ok"] is True and report["checks"]["ingest"] == "ok", report
