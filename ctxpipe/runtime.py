@@ -33,7 +33,7 @@ from streams.dlq import KafkaDeadLetterSink
 from streams.ingest import BatchResult, IngestPipeline
 from streams.records import RawRecord
 from streams.summaries import SummarizingPipeline, SummaryScheduler, open_summaries
-from streams.lag import track_lag
+from streams.lag import ProgressTracker, track_lag
 from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class Runtime:
         if self.follower is not None:
             self.pipeline = await self.follower.follow(name, hot, semantic)
             self.summaries = self.follower.summaries
+    # Per-partition ingest progress (streams.lag); None without a worker.
+    progress: ProgressTracker | None = None
 
     async def health(self) -> dict[str, Any]:
         checks: dict[str, str] = {}
@@ -82,7 +84,17 @@ class Runtime:
         elif self.app is not None:
             crashed = getattr(self.app, "crash_reason", None)
             checks["worker"] = f"crashed: {crashed}" if crashed else "ok"
-        return {"ok": all(v == "ok" or v.startswith("starting") for v in checks.values()), "checks": checks}
+        report: dict[str, Any] = {"ok": False, "checks": checks}
+        if self.progress is not None:
+            # A worker alive but making no progress while lag grows is not healthy.
+            ingest = self.progress.report()
+            stalled = [p for p, v in ingest["partitions"].items() if v["stalled"]]
+            checks["ingest"] = "ok" if not stalled else (
+                f"stalled: partitions {stalled} have lag and no progress for {self.progress.stall_after_s:g} s"
+            )
+            report["ingest"] = ingest
+        report["ok"] = all(v == "ok" or v.startswith("starting") for v in checks.values())
+        return report
 
     async def scope_view(self, tenant: str, scope: str, *, limit: int) -> dict[str, Any]:
         recent = await self.hot.recent(tenant, scope, limit=limit)
@@ -274,7 +286,8 @@ class BackgroundWorker:
         try:
             await self._until_kafka()
             async with running_app(rt.settings.kafka, rt.follower or rt.pipeline) as app:
-                lag_task = asyncio.create_task(track_lag(rt.settings.kafka, rt.hot), name="consumer-lag")
+                lag_task = asyncio.create_task(track_lag(
+                    rt.settings.kafka, lambda: rt.hot, rt.settings.kafka.lag_interval_s, rt.progress), name="consumer-lag")
                 try:
                     rt.app = app
                     if rt.follower is not None:
@@ -367,9 +380,12 @@ async def open_runtime(
             # stores of a version switched to stay open while the worker writes to them.
             await stack.enter_async_context(ServingWatcher(runtime, VersionRegistry(settings, hot.client)))
         stack.push_async_callback(follower.aclose)
+        if worker:
+            runtime.progress = ProgressTracker(settings.kafka.stall_after_s)
         if worker and not background_worker:
             runtime.app = follower.app = await stack.enter_async_context(running_app(settings.kafka, follower))
-            lag_task = asyncio.create_task(track_lag(settings.kafka, hot), name="consumer-lag")
+            lag_task = asyncio.create_task(track_lag(
+                settings.kafka, lambda: runtime.hot, settings.kafka.lag_interval_s, runtime.progress), name="consumer-lag")
             stack.push_async_callback(cancel_and_wait, lag_task)
         if worker and background_worker:
             runtime.worker = BackgroundWorker(runtime, producer)

@@ -50,6 +50,11 @@ class KafkaSettings(_Group):
     # Must be unique per worker process (e.g. the pod name). None: dynamic membership;
     # ``ctxpipe serve`` then uses "<host>:<API port>" (one serve per port and host).
     group_instance_id: str | None = Field(default=None, min_length=1, max_length=249)
+    # Health: a partition with lag whose applied offset has not moved for this long is
+    # stalled, and /healthz says so (503). Longer than a large batch takes to store.
+    stall_after_s: float = Field(default=60.0, gt=0)
+    # How often the worker measures lag and progress (the gauge and the health check).
+    lag_interval_s: float = Field(default=5.0, gt=0)
 
     @property
     def port(self) -> int:

@@ -21,12 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
-import hashlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Final, NamedTuple, TypeAlias, TypeVar
-from urllib.parse import quote
 
 import boto3
 import orjson
@@ -38,6 +36,7 @@ from ctxpipe.settings import S3Settings
 from processors.types import Chunk
 from storage.base import AsyncCloseable
 from storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
+from storage.names import MAX_SEGMENT_BYTES, safe_segment
 
 _TIER: Final = "cold"
 # No S3 type stubs (mypy_boto3_s3) are installed; the client is dynamically typed.
@@ -61,27 +60,14 @@ class ArchivedRecord(NamedTuple):
     value: bytes
 
 
-# A key segment is a file or folder name on file-backed stores (S3Proxy, MinIO): most
-# file systems allow 255 bytes a name. Longer percent-encoded names are hashed.
-MAX_SEGMENT_BYTES: Final = 200
+def _seg(value: str, what: str, suffix: str = "") -> str:
+    # One key segment, with room for its suffix; long or odd names are hashed (storage.names).
+    return safe_segment(value, what, max_bytes=MAX_SEGMENT_BYTES - len(suffix)) + suffix
 
 
 def key_segment(value: str, what: str) -> str:
-    """``value`` as one safe object-key segment. Names that fit keep today's readable
-    form (percent-encoded, so no id can reach another prefix); "." and ".." (which S3
-    paths resolve) and names over :data:`MAX_SEGMENT_BYTES` encoded get a form the
-    encoding never produces (``%2E``; ``=`` + SHA-256), so no two names ever share a key."""
-    if not value:
-        raise ValueError(f"{what} must be non-empty")
-    encoded = quote(value, safe="")
-    if encoded in (".", ".."):
-        return encoded.replace(".", "%2E")
-    if len(encoded) > MAX_SEGMENT_BYTES:
-        return "=" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-    return encoded
-
-
-_seg = key_segment
+    """``value`` as one safe object-key segment (:func:`storage.names.safe_segment`)."""
+    return _seg(value, what)
 
 
 def archive_prefix(topic: str, partition: int) -> str:
@@ -93,7 +79,7 @@ def archive_key(topic: str, partition: int, first_offset: int, last_offset: int)
 
 
 def scope_snapshot_key(tenant: str, scope: str) -> str:
-    return f"scopes/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope')}.json.gz"
+    return f"scopes/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope', '.json.gz')}"
 
 
 def window_prefix(tenant: str) -> str:
@@ -104,11 +90,11 @@ def window_prefix(tenant: str) -> str:
 def window_key(tenant: str, trace_id: str) -> str:
     """Where a window was stored on its own, before windows were recorded in batches
     (assembly/recording.py); read for old trace ids."""
-    return f"{window_prefix(tenant)}{_seg(trace_id, 'trace_id')}.json"
+    return f"{window_prefix(tenant)}{_seg(trace_id, 'trace_id', '.json')}"
 
 
 def summary_key(tenant: str, scope: str) -> str:
-    return f"summaries/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope')}.json"
+    return f"summaries/{_seg(tenant, 'tenant')}/{_seg(scope, 'scope', '.json')}"
 
 
 def _encode_bytes(raw: bytes) -> tuple[str, str]:

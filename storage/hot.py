@@ -9,6 +9,8 @@ tenants' keys collide; every tenant key starts with ``{prefix}:{tenant}:``)::
     {p}:{tenant}:s:{scope}:src     HASH  member -> "{version}:{source_id}" (for remove_source)
     {p}:{tenant}:s:{scope}:meta    HASH  watermark (partition, offset, at) + created
     {p}:{tenant}:s:{scope}:summary HASH  latest running summary (streams.summaries)
+    {p}:{tenant}:docver            HASH  doc_id -> newest stored document version (guard:
+                                         an older version arriving later is ignored)
     {p}::applied:{topic}           HASH  partition -> highest applied offset (no tenant:
                                          the empty segment cannot be a tenant)
     {p}:emb:{model}:{hash}         STRING float32 vector (shared across tenants: keyed by
@@ -186,6 +188,20 @@ end
 return 0
 """
 
+# KEYS: docver hash.  ARGV: doc_id, version pairs.  Versions only move up. Compared as
+# decimal strings (non-negative, no leading zeros): Lua numbers are doubles, exact only
+# to 2**53, and a version may be any int64.
+_DOC_VERSIONS_LUA: Final = """
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local new = ARGV[i + 1]
+  if not cur or #new > #cur or (#new == #cur and new > cur) then
+    redis.call('HSET', KEYS[1], ARGV[i], new)
+  end
+end
+return 0
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Watermark:
@@ -273,6 +289,7 @@ class HotStore(_RedisOwner):
         self._view = self.client.register_script(_VIEW_LUA)
         self._applied = self.client.register_script(_APPLIED_LUA)
         self._settle = self.client.register_script(_SETTLE_LUA)
+        self._doc_versions = self.client.register_script(_DOC_VERSIONS_LUA)
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -380,6 +397,36 @@ class HotStore(_RedisOwner):
         async with translate_redis_errors("settle_scope"):
             done = await self._settle(keys=[self._written_key()], args=[_scope_member(tenant, scope), repr(written_at)])
         return bool(done)
+    def _doc_versions_key(self, tenant: str) -> str:
+        return f"{self.tenant_prefix(tenant)}docver"
+
+    async def doc_versions(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, int]:
+        """The newest stored version of each document that has one."""
+        if not doc_ids:
+            return {}
+        async with translate_redis_errors("doc_versions"):
+            raw = await self.client.hmget(self._doc_versions_key(tenant), list(doc_ids))
+        return {d: int(v) for d, v in zip(doc_ids, raw, strict=True) if v is not None}
+
+    async def raise_doc_versions(self, versions: Mapping[tuple[str, str], int]) -> None:
+        """Record (tenant, doc_id) -> stored version; a lower one never replaces a higher."""
+        by_tenant: dict[str, list[str | int]] = defaultdict(list)
+        for (tenant, doc_id), version in versions.items():
+            if version < 0:
+                raise ValueError("a document version is >= 0")
+            by_tenant[tenant] += [doc_id, str(version)]
+        if not by_tenant:
+            return
+        async with translate_redis_errors("raise_doc_versions"):
+            async with self.client.pipeline(transaction=True) as pipe:
+                for tenant, args in by_tenant.items():
+                    await self._doc_versions(keys=[self._doc_versions_key(tenant)], args=args, client=pipe)
+                await pipe.execute()
+
+    async def forget_doc_version(self, tenant: str, doc_id: str) -> None:
+        """A deleted document: any version may be published again."""
+        async with translate_redis_errors("forget_doc_version"):
+            await self.client.hdel(self._doc_versions_key(tenant), doc_id)
 
     async def delete_scope(self, tenant: str, scope: str) -> None:
         """Drop everything of one scope (tenant offboarding, tests)."""

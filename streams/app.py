@@ -69,8 +69,9 @@ def create_app(settings: KafkaSettings, pipeline: BatchProcessor, datadir: Path)
         batches = cast(faust.Stream[Any], stream).noack_take(settings.batch_max, within=settings.batch_wait_s)
         async for events in batches:
             records = [_to_record(ev) for ev in events]
-            # No try/except here: a sink that fails after its retries is a real outage;
-            # the agent crashes unacked, and the restarted worker replays the batch.
+            # No try/except here: process() dead-letters what a record caused (per record,
+            # see IngestPipeline.process) and raises only for an outage or a systemic
+            # fault; the agent then crashes unacked, and the restarted worker replays.
             await pipeline.process(records)
             for ev in events:
                 await stream.ack(ev)

@@ -15,9 +15,11 @@ class KafkaDeadLetterSink:
         self._producer = producer
         self._topic = topic
 
-    async def send(self, record: RawRecord, reason: str) -> None:
+    async def send(self, record: RawRecord, reason: str, *, stage: str = "validate") -> None:
         headers = [
             ("ctx-reason", reason.encode("utf-8")),
+            # Where it failed: "validate" (the contract) or the ingest stage that refused it.
+            ("ctx-stage", stage.encode("utf-8")),
             ("ctx-source-topic", record.topic.encode("utf-8")),
             ("ctx-source-partition", str(record.partition).encode()),
             ("ctx-source-offset", str(record.offset).encode()),

@@ -12,10 +12,13 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Final, Protocol
+
+from ctxpipe.errors import ConfigurationError
 
 from processors.chunking import ChunkingSettings, chunk_event
 from processors.embedding import CachedEmbedder
@@ -25,8 +28,10 @@ from storage.cold import ArchivedRecord, ColdStore
 from storage.hot import HotStore
 from storage.ledger import EventLedger
 from storage.semantic.base import SemanticStore
+from storage.semantic.exceptions import SemanticSchemaError, SemanticStoreClosed, SemanticStoreLocked
 from streams import metrics
 from streams.events import EventKind, SourceEvent
+from streams.exceptions import StageFailed, SystemicFailure
 from streams.records import RawRecord
 from streams.retry import with_retries
 from streams.validation import Rejection, parse_event
@@ -39,7 +44,41 @@ HOT_KINDS = frozenset({EventKind.MESSAGE, EventKind.TOOL_RESULT, EventKind.FACT}
 
 
 class DeadLetterSink(Protocol):
-    async def send(self, record: RawRecord, reason: str) -> None: ...
+    async def send(self, record: RawRecord, reason: str, *, stage: str = "validate") -> None: ...
+
+
+# Records dead-lettered in a row (no record stored in between) past which the worker
+# stops instead: that many bad records in a row means a tier refuses every write (a
+# wrong bucket policy, say), and dead-lettering the whole stream would hide the outage.
+MAX_POISON_STREAK: Final = 20
+# Failures that are the worker's, never a record's: the batch is replayed, not isolated.
+_SYSTEMIC: Final = (SemanticStoreClosed, SemanticStoreLocked, SemanticSchemaError, ConfigurationError, SystemicFailure)
+
+
+@asynccontextmanager
+async def _stage(name: str) -> AsyncIterator[None]:
+    """Name the stage of a failure, so a dead-lettered record says where it failed."""
+    try:
+        yield
+    except StageFailed:
+        raise
+    except Exception as exc:
+        raise StageFailed(name, exc) from exc
+
+
+def _first_stage_failure(group: BaseExceptionGroup[Exception]) -> StageFailed:
+    """The stage failure to act on from a task group: a retriable one first (an outage
+    must stall the stream, not make the worker blame a record)."""
+    failures: list[StageFailed] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            failures.append(_first_stage_failure(exc))
+        elif isinstance(exc, StageFailed):
+            failures.append(exc)
+        else:
+            failures.append(StageFailed("store", exc))
+    failures.sort(key=lambda f: (not f.retriable, not isinstance(f.cause, _SYSTEMIC)))
+    return failures[0]
 
 
 
@@ -50,6 +89,7 @@ class BatchResult:
     chunks: int = 0
     deleted_sources: int = 0
     duplicates: int = 0
+    superseded: int = 0  # documents older than the stored version (version guard)
     positions: dict[int, int] = field(default_factory=dict)  # partition -> last offset
     topic: str | None = None
 
@@ -81,8 +121,13 @@ class IngestPipeline:
         self._counter = counter
         self._dlq = dead_letters
         self._chunking = chunking or ChunkingSettings()
+        # Records dead-lettered by a failed stage since the last one stored (see MAX_POISON_STREAK).
+        self._poison_streak = 0
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
+        """Store the batch; every record ends stored or dead-lettered. Raises only when
+        the batch must be replayed: an outage that outlived the retries, or a
+        :class:`SystemicFailure` (the worker or a tier is at fault, not the records)."""
         result = BatchResult()
         metrics.EVENTS_IN.inc(len(records))
         accepted: list[_Accepted] = []
@@ -94,29 +139,86 @@ class IngestPipeline:
                 accepted.append(_Accepted(rec, parsed))
             result.positions[rec.partition] = max(result.positions.get(rec.partition, -1), rec.offset)
             result.topic = rec.topic
+        try:
+            await self._apply(accepted, result, result.positions)
+        except StageFailed as failed:
+            if failed.retriable or isinstance(failed.cause, _SYSTEMIC) or len(accepted) < 1:
+                raise
+            log.warning("batch of %d failed at %s; isolating the record", len(accepted), failed)
+            poisoned = await self._isolate(accepted, failed, result)
+            if len(accepted) > 1 and len(poisoned) == len(accepted):
+                raise SystemicFailure(f"all {len(accepted)} records failed: {failed}") from failed
+            for item, why in poisoned:
+                await self._dead_letter(item.record, f"{why.stage} failed: {why.cause}", result, stage=why.stage)
+            # The sub-batches wrote only their own positions: now the whole batch is done.
+            topic = result.topic or ""
+            await with_retries(
+                lambda: self._hot.set_applied_offsets(result.positions, topic=topic), tier="hot"
+            )
+        else:
+            self._poison_streak = 0
+        return result
 
-        accepted = await self._drop_republished(accepted, result)
+    async def _isolate(
+        self, items: Sequence[_Accepted], failed: StageFailed, result: BatchResult
+    ) -> list[tuple[_Accepted, StageFailed]]:
+        """Split a failed batch until each failing record stands alone; returns them.
+        Every sink is idempotent, so what the failed attempt wrote is simply rewritten."""
+        if len(items) == 1:
+            self._poison_streak += 1
+            if self._poison_streak > MAX_POISON_STREAK:
+                # So many records in a row cannot all be bad: a tier refuses every write.
+                raise SystemicFailure(f"{self._poison_streak} records in a row failed: {failed}") from failed
+            return [(items[0], failed)]
+        poisoned: list[tuple[_Accepted, StageFailed]] = []
+        mid = len(items) // 2
+        for half in (items[:mid], items[mid:]):
+            positions: dict[int, int] = {}
+            for item in half:
+                r = item.record
+                positions[r.partition] = max(positions.get(r.partition, -1), r.offset)
+            try:
+                await self._apply(half, result, positions)
+            except StageFailed as again:
+                if again.retriable or isinstance(again.cause, _SYSTEMIC):
+                    raise
+                poisoned += await self._isolate(half, again, result)
+            else:
+                self._poison_streak = 0
+        return poisoned
 
-        final = self._last_action_per_source(accepted)
+    async def _apply(
+        self, accepted: Sequence[_Accepted], result: BatchResult, positions: dict[int, int]
+    ) -> None:
+        """Every stage for these records; a failure is raised as :class:`StageFailed`."""
+        async with _stage("dedupe"):
+            kept = await self._drop_republished(list(accepted), result)
+
+        final = await self._drop_superseded(self._last_action_per_source(kept), result)
         # The cold copy is what survives Kafka retention and what a replay falls back to:
         # it must exist before the offsets are committed, but it need not wait for (or
         # hold up) the derived tiers, so both run at once.
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._archive(accepted))
-            tg.create_task(self._store_derived(final, result))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._archive(kept))
+                tg.create_task(self._store_derived(final, result))
+        except ExceptionGroup as group:
+            raise _first_stage_failure(group) from group
 
-        result.deleted_sources = await self._apply_deletes_and_versions(final)
-        await with_retries(
-            lambda: self._ledger.record(
-                {(i.event.tenant, i.event.event_id): (i.record.partition, i.record.offset) for i in accepted}
-            ),
-            tier="hot",
-        )
-        await self._record_positions(accepted, result)
-        for item in accepted:
+        async with _stage("delete"):
+            result.deleted_sources += await self._apply_deletes_and_versions(final)
+        async with _stage("ledger"):
+            await with_retries(
+                lambda: self._ledger.record(
+                    {(i.event.tenant, i.event.event_id): (i.record.partition, i.record.offset) for i in kept}
+                ),
+                tier="hot",
+            )
+        async with _stage("positions"):
+            await self._record_positions(kept, result, positions)
+        for item in kept:
             metrics.EVENTS_ACCEPTED.labels(kind=item.event.kind.value).inc()
-        result.accepted = len(accepted)
-        return result
+        result.accepted += len(kept)
 
     async def _store_derived(self, final: dict[tuple[str, str], _Accepted], result: BatchResult) -> None:
         """Chunk, then hot tier (fast lane), embed, semantic tier."""
@@ -128,22 +230,25 @@ class IngestPipeline:
                 chunks.extend(self._chunk(item))
             except Exception as exc:  # a bug or an odd input must not stop the stream
                 log.exception("chunking failed for %s", item.event.event_id)
-                await self._dead_letter(item.record, f"processing failed: {exc}", result)
-        result.chunks = len(chunks)
+                await self._dead_letter(item.record, f"chunk failed: {exc}", result, stage="chunk")
+        result.chunks += len(chunks)
 
         # Fast lane: conversation turns are visible in the hot tier before embedding.
         hot_chunks = [c for c in chunks if c.kind in HOT_KINDS]
         if hot_chunks:
-            await with_retries(lambda: self._hot.upsert_items(hot_chunks), tier="hot")
+            async with _stage("hot"):
+                await with_retries(lambda: self._hot.upsert_items(hot_chunks), tier="hot")
 
-        embedded = await self._embed(chunks)
+        async with _stage("embed"):
+            embedded = await self._embed(chunks)
         if embedded:
             started = time.perf_counter()
-            await with_retries(lambda: self._semantic.upsert(embedded), tier="semantic")
+            async with _stage("semantic"):
+                await with_retries(lambda: self._semantic.upsert(embedded), tier="semantic")
             metrics.STAGE_SECONDS.labels(stage="semantic").observe(time.perf_counter() - started)
 
-    async def _dead_letter(self, rec: RawRecord, reason: str, result: BatchResult) -> None:
-        await with_retries(lambda: self._dlq.send(rec, reason), tier="dlq")
+    async def _dead_letter(self, rec: RawRecord, reason: str, result: BatchResult, stage: str = "validate") -> None:
+        await with_retries(lambda: self._dlq.send(rec, reason, stage=stage), tier="dlq")
         metrics.EVENTS_DEAD_LETTERED.inc()
         result.dead_lettered += 1
 
@@ -154,15 +259,17 @@ class IngestPipeline:
         known = await with_retries(lambda: self._ledger.first_positions(ids), tier="hot")
         kept: list[_Accepted] = []
         first_in_batch: set[tuple[str, str]] = set()
+        duplicates = 0
         for item, key in zip(accepted, ids, strict=True):
             here = (item.record.partition, item.record.offset)
             if known.get(key, here) != here or key in first_in_batch:
-                result.duplicates += 1
+                duplicates += 1
                 continue
             first_in_batch.add(key)
             kept.append(item)
-        if result.duplicates:
-            metrics.EVENTS_DUPLICATE.inc(result.duplicates)
+        if duplicates:
+            result.duplicates += duplicates
+            metrics.EVENTS_DUPLICATE.inc(duplicates)
         return kept
 
     async def _archive(self, accepted: Sequence[_Accepted]) -> None:
@@ -177,8 +284,37 @@ class IngestPipeline:
             )
         for (topic, partition), recs in by_tp.items():
             # Awaited inside the loop, so the closure sees this iteration's values.
-            await with_retries(lambda: self._cold.archive(topic, partition, recs), tier="cold")
+            async with _stage("archive"):
+                await with_retries(lambda: self._cold.archive(topic, partition, recs), tier="cold")
         metrics.STAGE_SECONDS.labels(stage="archive").observe(time.perf_counter() - started)
+
+    async def _drop_superseded(
+        self, final: dict[tuple[str, str], _Accepted], result: BatchResult
+    ) -> dict[tuple[str, str], _Accepted]:
+        """Version guard: a document older than the stored version of its doc_id (published
+        late, or out of order) changes nothing. It stays archived and acked."""
+        wanted: dict[str, list[str]] = defaultdict(list)
+        for (tenant, source_id), item in final.items():
+            if item.event.kind is EventKind.DOCUMENT:
+                wanted[tenant].append(source_id)
+        if not wanted:
+            return final
+        async with _stage("version"):
+            stored = {
+                (tenant, doc_id): version
+                for tenant, ids in wanted.items()
+                for doc_id, version in (
+                    await with_retries(lambda: self._hot.doc_versions(tenant, ids), tier="hot")
+                ).items()
+            }
+        kept: dict[tuple[str, str], _Accepted] = {}
+        for key, item in final.items():
+            if item.event.kind is EventKind.DOCUMENT and (item.event.version or 0) < stored.get(key, -1):
+                result.superseded += 1
+                metrics.EVENTS_SUPERSEDED.inc()
+                continue
+            kept[key] = item
+        return kept
 
     @staticmethod
     def _source_key(event: SourceEvent) -> tuple[str, str]:
@@ -192,6 +328,13 @@ class IngestPipeline:
         final: dict[tuple[str, str], _Accepted] = {}
         for item in accepted:
             key = self._source_key(item.event)
+            before = final.get(key)
+            if (
+                before is not None and item.event.kind is EventKind.DOCUMENT
+                and before.event.kind is EventKind.DOCUMENT
+                and (item.event.version or 0) < (before.event.version or 0)
+            ):
+                continue  # version guard inside the batch: an older version changes nothing
             final.pop(key, None)  # keep batch order of the surviving actions
             final[key] = item
         return final
@@ -229,6 +372,8 @@ class IngestPipeline:
                 await with_retries(
                     lambda: self._hot.remove_source(tenant, ev.scope, source_id), tier="hot"
                 )
+                if ev.doc_id:
+                    await with_retries(lambda: self._hot.forget_doc_version(tenant, source_id), tier="hot")
                 deleted += 1
             elif ev.kind is EventKind.DOCUMENT:
                 # A newer version replaces the older one's chunks everywhere.
@@ -237,9 +382,15 @@ class IngestPipeline:
                     lambda: self._semantic.delete_source(tenant, source_id, keep_version=version),
                     tier="semantic",
                 )
+                # After the old versions are gone: a crash before this repeats the delete.
+                await with_retries(
+                    lambda: self._hot.raise_doc_versions({(tenant, source_id): version}), tier="hot"
+                )
         return deleted
 
-    async def _record_positions(self, accepted: Sequence[_Accepted], result: BatchResult) -> None:
+    async def _record_positions(
+        self, accepted: Sequence[_Accepted], result: BatchResult, positions: dict[int, int]
+    ) -> None:
         """Per-scope watermarks and per-partition applied offsets, for read-your-writes, in
         one transaction. Written last, so "applied" never runs ahead of what the tiers hold."""
         marks: dict[tuple[str, str], tuple[int, int]] = {}
@@ -247,6 +398,6 @@ class IngestPipeline:
             marks[(item.event.tenant, item.event.scope)] = (item.record.partition, item.record.offset)
         topic = result.topic or ""
         await with_retries(
-            lambda: self._hot.set_watermarks(marks, applied_offsets=result.positions, topic=topic),
+            lambda: self._hot.set_watermarks(marks, applied_offsets=positions, topic=topic),
             tier="hot",
         )

@@ -12,6 +12,9 @@ EVENTS_DEAD_LETTERED = Counter(
 EVENTS_DUPLICATE = Counter(
     "ctxpipe_events_duplicate_total", "Re-published event ids dropped (already applied)"
 )
+EVENTS_SUPERSEDED = Counter(
+    "ctxpipe_events_superseded_total", "Documents older than the stored version, ignored (version guard)"
+)
 CHUNKS_EMBEDDED = Counter("ctxpipe_chunks_embedded_total", "Texts run through the model")
 EMBED_CACHE_HITS = Counter("ctxpipe_embedding_cache_hits_total", "Texts found in the cache")
 STAGE_SECONDS = Histogram(

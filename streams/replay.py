@@ -121,7 +121,7 @@ class _AlreadyDeadLettered:
     def __init__(self) -> None:
         self.count = 0
 
-    async def send(self, record: RawRecord, reason: str) -> None:
+    async def send(self, record: RawRecord, reason: str, *, stage: str = "validate") -> None:
         self.count += 1
 
 

@@ -53,9 +53,10 @@ from processors.summarize import ResilientSummarizer, SummaryRecord
 from processors.summarize.prompt import DOCUMENT_PROMPT_VERSION
 from processors.tokens import LocalTokenCounter, TokenCounter
 from processors.types import Chunk
-from storage.cold import ColdStore, key_segment, summary_key
+from storage.cold import ColdStore, summary_key
 from storage.exceptions import StorageDataError
 from storage.hot import HotStore, translate_redis_errors
+from storage.names import safe_segment
 from streams.events import EventKind, SourceEvent
 from streams.ingest import BatchResult, IngestPipeline
 from streams.records import RawRecord
@@ -107,7 +108,10 @@ class SummaryPublisher(Protocol):
 
 
 def doc_summary_key(tenant: str, doc_id: str) -> str:
-    return f"doc-summaries/{key_segment(tenant, 'tenant')}/{key_segment(doc_id, 'doc_id')}.json"
+    if not tenant or not doc_id:
+        raise ValueError("tenant and doc_id must be non-empty")
+    # Same naming as the cold tier's keys: long or odd names are hashed (storage.names).
+    return f"doc-summaries/{safe_segment(tenant, 'tenant')}/{safe_segment(doc_id, 'doc_id', max_bytes=250)}.json"
 
 
 def _latest_key(record: SummaryRecord) -> str:

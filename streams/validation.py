@@ -6,12 +6,20 @@ with the original bytes, so nothing is lost and the worker never stops.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from typing import Any, Final
 
 import orjson
 from pydantic import ValidationError
 
 from streams.events import MAX_EVENT_BYTES, SourceEvent
+
+# orjson reads an integer beyond 64 bits as a float, silently. Such an integer has at
+# least 19 digits (below -2**63): only then is the text parsed again with the standard library, which
+# keeps it exact, so the contract can refuse it by name instead of storing a rounded float.
+_LONG_INTEGER: Final = re.compile(rb"\d{19}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +45,14 @@ def parse_event(raw: bytes | None) -> SourceEvent | Rejection:
     except UnicodeDecodeError as exc:
         return Rejection(f"not valid UTF-8 at byte {exc.start}")
     try:
-        data = orjson.loads(text)
+        data: Any = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         return Rejection(f"malformed JSON: {exc}")
+    if _LONG_INTEGER.search(raw):
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            return Rejection("malformed JSON: nested too deep")
     if not isinstance(data, dict):
         return Rejection(f"an event must be a JSON object, got {type(data).__name__}")
     try:

@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from ctxpipe.settings import KafkaSettings, RedisSettings
 from storage.hot import HotStore
 from ctxpipe.tasks import cancel_and_wait
-from streams.lag import measure_lag, track_lag
+from streams.lag import ProgressTracker, measure_lag, track_lag
 from streams.publisher import Publisher
 
 
@@ -57,3 +57,21 @@ async def test_a_tracker_stopped_while_it_starts_leaves_no_connection_open(
             await cancel_and_wait(task)
             assert task.cancelled()
     gc.collect()  # an unclosed connection warns from its __del__, here
+
+
+def test_a_partition_with_lag_and_no_progress_is_stalled_per_partition() -> None:
+    tracker = ProgressTracker(stall_after_s=60)
+    tracker.observe({0: (5, 10), 1: (0, 3), 2: (4, -1)}, now=0)
+    assert tracker.stalled(now=59) == {}
+    # Partition 0 moves on (lag grows, but offsets are applied); 2 never applies anything.
+    tracker.observe({0: (9, 20), 1: (0, 3), 2: (8, -1)}, now=50)
+    stalled = tracker.stalled(now=61)
+    assert list(stalled) == [2] and stalled[2].lag == 8
+    report = tracker.report(now=61)
+    assert report["ok"] is False
+    assert report["partitions"][2] == {"lag": 8, "applied": -1, "no_progress_s": 61, "stalled": True}
+    assert report["partitions"][0]["stalled"] is False
+    # An idle partition (no lag) is never stalled, however long its offset stays.
+    assert 1 not in tracker.stalled(now=10_000)
+    tracker.observe({2: (0, 7)}, now=70)
+    assert 2 not in tracker.stalled(now=10_000)

@@ -162,7 +162,9 @@ async def test_points_stored_by_earlier_versions_are_found_after_reopen(tmp_path
 
 async def test_a_shard_per_tenant_whatever_its_name(tmp_path: Path) -> None:
     rng = random.Random(11)
-    names = ["acme", "..", ".", "a b", "ünï", "x%2Fy", "with/slash"]
+    # Long names (256 ASCII, 30 CJK, 64 emoji) are over a folder name's 255 bytes once
+    # encoded: hashed, named by their tenant.name file; 253 ASCII fits "t-" + 253 exactly.
+    names = ["acme", "..", ".", "a b", "ünï", "x%2Fy", "with/slash", "a" * 256, "中" * 30, "😀" * 64, "b" * 253, "x%%y"]
     items = [make_chunk(f"note of {n}", rand_vector(rng), tenant=n, source_id=f"s-{i}") for i, n in enumerate(names)]
     store = EdgeSemanticStore.open(tmp_path, DIM)
     try:
@@ -174,6 +176,10 @@ async def test_a_shard_per_tenant_whatever_its_name(tmp_path: Path) -> None:
         await store.aclose()
     dirs = sorted(p.name for p in (tmp_path / "tenants").iterdir())
     assert len(dirs) == len(names) and all(d.startswith("t-") and "/" not in d for d in dirs)
+    assert all(len(d.encode()) <= 255 for d in dirs)
+    # Names that fit keep the folder they had before hashing existed.
+    assert {"t-acme", "t-.", "t-..", "t-a%20b", "t-x%252Fy", "t-" + "b" * 253} <= set(dirs)
+    assert len([d for d in dirs if "%%" in d]) == 3
     store = EdgeSemanticStore.open(tmp_path, DIM)
     try:
         for item in items:

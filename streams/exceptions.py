@@ -1,0 +1,24 @@
+"""Errors of the stream stages."""
+
+from __future__ import annotations
+
+from ctxpipe.errors import CtxPipeError
+
+
+class StageFailed(CtxPipeError):
+    """One ingest stage failed for a batch; ``stage`` names it, ``__cause__`` is why.
+
+    Retriable as its cause is: an outage stalls the stream, anything else makes the
+    worker look for the record that caused it (streams.ingest)."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"{stage}: {type(cause).__name__}: {cause}")
+        self.stage = stage
+        self.cause = cause
+        self.retriable = bool(getattr(cause, "retriable", False))
+
+
+class SystemicFailure(CtxPipeError):
+    """Every record of a batch failed the same way, or too many in a row did: the fault is
+    in the worker or a tier (a refused bucket, a closed store), not in the records, so
+    they are not dead-lettered. The agent stops unacked and the batch is replayed."""
