@@ -48,6 +48,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from ctxpipe.settings import Settings, to_env  # noqa: E402
 from infra.stack import Stack  # noqa: E402
 from infra.testing import free_port, isolated_stack_settings  # noqa: E402
+from storage.exceptions import StorageUnavailableError  # noqa: E402
 from storage.hot import HotStore  # noqa: E402
 from streams.events import EventPosition  # noqa: E402
 from streams.publisher import Publisher  # noqa: E402
@@ -91,12 +92,15 @@ class Service:
             self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGINT)
+                try:
+                    self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+        finally:
+            self.log.close()
 
 
 class Chaos:
@@ -185,15 +189,15 @@ class Chaos:
                 while len(self.positions) == mark:
                     await asyncio.sleep(0.05)
                 latest = self.positions[-1]
-                await hot.wait_applied(latest.topic, [(latest.partition, latest.offset)], timeout_s=300)
+                await _wait_applied(hot, latest.topic, [(latest.partition, latest.offset)], timeout_s=300)
                 took = time.monotonic() - started
                 self.recover[fault].append(took)
                 print(f"{fault}: back in {took:.1f} s", flush=True)
         self.stop.set()
 
     async def verify(self, hot: HotStore) -> dict[str, Any]:
-        await hot.wait_applied(self.settings.kafka.source_topic,
-                               [(p.partition, p.offset) for p in self.positions], timeout_s=600)
+        await _wait_applied(hot, self.settings.kafka.source_topic,
+                            [(p.partition, p.offset) for p in self.positions], timeout_s=600)
         by_scope: dict[tuple[str, str], list[str]] = defaultdict(list)
         for tenant, scope, eid in self.good:
             by_scope[(tenant, scope)].append(eid)
@@ -220,8 +224,27 @@ class Chaos:
         return len(ids)  # distinct records: a replay after a kill may send one twice
 
 
+async def _wait_applied(hot: HotStore, topic: str, positions: list[tuple[int, int]], timeout_s: float) -> None:
+    """The bench's own reads of Redis meet the faults too: a pooled connection that a Redis
+    kill closed fails once, then the client reconnects."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await hot.wait_applied(topic, positions, timeout_s=max(1.0, deadline - time.monotonic()))
+            return
+        except StorageUnavailableError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 async def main(args: argparse.Namespace) -> None:
-    home = Path(tempfile.mkdtemp(prefix="ctxpipe-chaos-"))
+    print(json.dumps(await run(args), indent=2))
+
+
+async def run(args: argparse.Namespace, home: Path | None = None) -> dict[str, Any]:
+    """One chaos run on its own stack under ``home`` (a temporary folder by default); the report."""
+    home = home or Path(tempfile.mkdtemp(prefix="ctxpipe-chaos-"))
     base = isolated_stack_settings(Settings(), home / "stack")
     settings = base.model_copy(update={
         "api": base.api.model_copy(update={"host": "127.0.0.1", "port": free_port()}),
@@ -247,7 +270,7 @@ async def main(args: argparse.Namespace) -> None:
             f: {"n": len(v), "median": round(statistics.median(v), 1), "max": round(max(v), 1)}
             for f, v in chaos.recover.items()
         }
-        print(json.dumps(report, indent=2))
+        return report
     finally:
         service.stop()
         stack.down()
