@@ -79,6 +79,12 @@ def trace_time(trace_id: str) -> datetime | None:
         return None
 
 
+def trace_minute(trace_id: str) -> str:
+    """The minute a trace id was issued, as batch keys name it ("" for other ids)."""
+    issued = trace_time(trace_id)
+    return "" if issued is None else issued.strftime(_MINUTE)
+
+
 def batch_key(tenant: str, first_trace: str, last_trace: str) -> str:
     issued = trace_time(first_trace)
     if issued is None:
@@ -204,12 +210,15 @@ class WindowRecorder:
 
     async def _flush(self, batch: Sequence[WindowRecord]) -> None:
         """Each record to the sinks that lack it; what a sink refused waits for a retry."""
-        by_tenant: dict[str, list[WindowRecord]] = defaultdict(list)
+        # One object per tenant and trace minute: a lookup lists only the trace's minute and
+        # the one before, so no batch may hold windows of a later minute than its first (a
+        # retried batch can span an outage).
+        by_object: dict[tuple[str, str], list[WindowRecord]] = defaultdict(list)
         for r in batch:
             if not r.stored:
-                by_tenant[r.tenant].append(r)
+                by_object[(r.tenant, trace_minute(r.trace_id))].append(r)
         await asyncio.gather(
-            *(self._store(tenant, records) for tenant, records in by_tenant.items()),
+            *(self._store(tenant, records) for (tenant, _), records in by_object.items()),
             *(self._log(r) for r in batch if not r.logged),
         )
         failed = [r for r in batch if not r.done]

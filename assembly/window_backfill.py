@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
 
-from assembly.recording import _MINUTE, _covers, batch_key, trace_time
+from assembly.recording import _MINUTE, _covers, batch_key, trace_minute, trace_time
 from assembly.window_log import record_owner, scan_windows
 from ctxpipe.settings import Settings
 from storage.cold import ColdStore, window_prefix
@@ -76,11 +76,16 @@ async def backfill_windows(
     stored = 0
     step = settings.assembly.record_batch_max
     for tenant, windows in missing.items():
-        traces = sorted(windows)
-        for start in range(0, len(traces), step):
-            part = traces[start : start + step]
-            await cold.put_lines(batch_key(tenant, part[0], part[-1]), [windows[t] for t in part])
-            stored += len(part)
+        # Per trace minute, as the recorder writes them (a lookup lists only that minute
+        # and the one before).
+        by_minute: dict[str, list[str]] = defaultdict(list)
+        for trace_id in sorted(windows):
+            by_minute[trace_minute(trace_id)].append(trace_id)
+        for traces in by_minute.values():
+            for start in range(0, len(traces), step):
+                part = traces[start : start + step]
+                await cold.put_lines(batch_key(tenant, part[0], part[-1]), [windows[t] for t in part])
+                stored += len(part)
     if stored:
         log.info("windows backfill: %d of %d windows from the topic stored in the cold tier", stored, seen)
     return BackfillResult(seen, stored)
