@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gzip
 import hashlib
 import math
@@ -50,8 +51,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assembly.api import create_api  # noqa: E402
+from assembly.retrieval import DEFAULT_RETRIEVAL, Retriever  # noqa: E402
+from assembly.service import AssemblyService  # noqa: E402
 from ctxpipe.runtime import Runtime, open_runtime  # noqa: E402
-from ctxpipe.settings import Settings  # noqa: E402
+from ctxpipe.settings import AssemblySettings, Settings  # noqa: E402
 from infra.stack import Stack  # noqa: E402
 from processors.tokens import LocalTokenCounter  # noqa: E402
 from streams.publisher import Publisher  # noqa: E402
@@ -218,7 +221,7 @@ class Baselines:
 
 
 @asynccontextmanager
-async def serving(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+async def serving(rt: Runtime) -> AsyncIterator[tuple[httpx.AsyncClient, AssemblyService]]:
     @asynccontextmanager
     async def existing() -> AsyncIterator[Runtime]:
         yield rt
@@ -227,7 +230,7 @@ async def serving(rt: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench",
                                      timeout=60) as client:
-            yield client
+            yield client, app.state.assembly
 
 
 async def publish(rt: Runtime, evs: list[dict[str, Any]]) -> float:
@@ -244,13 +247,14 @@ Result = dict[tuple[str, int, str], list[float]]
 
 
 async def evaluate(
-    rt: Runtime, client: httpx.AsyncClient, users: Sequence[User], budgets: Sequence[int],
-    variants: dict[str, dict[str, Any]],
+    rt: Runtime, client: httpx.AsyncClient, service: AssemblyService, users: Sequence[User],
+    budgets: Sequence[int], variants: dict[str, dict[str, Any]],
 ) -> tuple[Result, dict[tuple[str, int], Counter[str]]]:
     counter = LocalTokenCounter()
     out: Result = defaultdict(list)
     sections: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
     model = rt.embedder
+    defaults = service.config
     for user in users:
         vecs = np.asarray(await model.embed([t.text for t in user.turns]), dtype=np.float32)
         base = Baselines(user, vecs, counter)
@@ -260,6 +264,9 @@ async def evaluate(
             for budget in budgets:
                 got: dict[str, set[str]] = {name: base.window(r, budget) for name, r in ranks.items()}
                 for name, extra in variants.items():
+                    extra = dict(extra)
+                    service.retriever = Retriever(rt.semantic, rt.hot, extra.pop("_retrieval", DEFAULT_RETRIEVAL))
+                    service.config = defaults.model_copy(update=extra.pop("_assembly", {}))
                     body = {"tenant": TENANT, "scope": user.scope, "query": q.text, "budget_tokens": budget, **extra}
                     r = await client.post("/v1/context", json=body)
                     r.raise_for_status()
@@ -305,13 +312,28 @@ def report(results: Result, names: Sequence[str], budgets: Sequence[int],
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
-    """'name=summary:0,recent:0.1' -> per-request section shares (max_tokens with a 't' suffix)."""
+    """'name=summary:0,recent:60t' -> per-request section shares (max_tokens with a 't'
+    suffix); RetrievalConfig fields ('pool:200', 'second_hop:0') swap the service's
+    retriever for that variant's requests (tuning only: the request still goes over HTTP)."""
     name, _, body = spec.partition("=")
     secs: dict[str, dict[str, float | int]] = {}
+    knobs: dict[str, Any] = {}
+    assembly: dict[str, Any] = {}
     for part in filter(None, body.split(",")):
         key, _, value = part.partition(":")
-        secs[key] = {"max_tokens": int(value[:-1])} if value.endswith("t") else {"share": float(value)}
-    return name, {"sections": secs} if secs else {}
+        if key in SECTIONS:
+            secs[key] = {"max_tokens": int(value[:-1])} if value.endswith("t") else {"share": float(value)}
+        elif key in AssemblySettings.model_fields:
+            assembly[key] = float(value)
+        else:
+            kind = type(getattr(DEFAULT_RETRIEVAL, key))
+            knobs[key] = value.lower() in ("1", "true") if kind is bool else kind(value)
+    out: dict[str, Any] = {"sections": secs} if secs else {}
+    if knobs:
+        out["_retrieval"] = dataclasses.replace(DEFAULT_RETRIEVAL, **knobs)
+    if assembly:
+        out["_assembly"] = assembly
+    return name, out
 
 
 async def main() -> None:
@@ -320,7 +342,9 @@ async def main() -> None:
     ap.add_argument("--users", type=int, default=4, help="users of the split to use (~12 questions each)")
     ap.add_argument("--budgets", default="512,1024,2048,4096")
     ap.add_argument("--variant", action="append", default=[],
-                    help="extra service request shape, e.g. 'nosum=summary:0,recent:60t'")
+                    help="extra service variant, e.g. 'nosum=summary:0,recent:60t' (request section "
+                         "overrides), 'p200=pool:200,second_hop:0' (RetrievalConfig fields) or "
+                         "'big=retrieved_max_item_share:0.34' (AssemblySettings fields)")
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     users = load(args.split, args.users)
@@ -346,9 +370,9 @@ async def main() -> None:
             async with open_runtime(settings, worker=True) as rt:
                 took = await publish(rt, events(users))
                 print(f"published and applied in {took:.0f}s (Kafka -> worker -> tiers)")
-                async with serving(rt) as client:
+                async with serving(rt) as (client, service):
                     t0 = time.perf_counter()
-                    results, sections = await evaluate(rt, client, users, budgets, variants)
+                    results, sections = await evaluate(rt, client, service, users, budgets, variants)
                     print(f"evaluated in {time.perf_counter() - t0:.0f}s")
             report(results, ["recency", "bm25", "dense", "hybrid-rrf", *variants], budgets, sections)
         finally:
