@@ -195,8 +195,11 @@ class AssemblySettings(_Group):
     # it held none of the evidence. ["claude", "extractive"]: both lead, as before.
     lead_summary_methods: list[str] = Field(default_factory=lambda: ["claude"])
     # A retrieved item costing more than this part of the retrieved section waits until
-    # every smaller candidate had its turn (1.0: rank order alone).
-    retrieved_max_item_share: float = Field(default=1.0, gt=0, le=1)
+    # every smaller candidate had its turn (1.0: rank order alone). On real conversations
+    # (bench/real_quality.py, dev) one long assistant reply otherwise fills a 512 window:
+    # 0.43 -> 0.62 of the evidence at 512, the same at 2k/4k; it costs questions whose
+    # evidence is a long reply (single-session-assistant 0.57 -> 0.29 at 512).
+    retrieved_max_item_share: float = Field(default=0.34, gt=0, le=1)
     # One tool result in the recent turns is cut to this many tokens (with a note).
     max_tool_result_tokens: int = Field(default=512, ge=16)
     recent_fetch_limit: int = Field(default=200, gt=0)
