@@ -326,7 +326,7 @@ class Retriever:
         heads = [ch for _, ch in ranked[:top] if ch.role is Role.USER and "?" in ch.text]
         answers = [ch for _, ch in ranked[:prompts] if ch.kind is EventKind.MESSAGE and ch.role is Role.ASSISTANT]
         if answers:
-            ranked = await self._with_prompts(tenant, ranked, answers)
+            ranked = await self._with_prompts(tenant, ranked, answers, known)
         scopes = list(dict.fromkeys(ch.scope for ch in heads))
         if not scopes:
             return ranked
@@ -360,13 +360,15 @@ class Retriever:
 
 
     async def _with_prompts(
-        self, tenant: str, ranked: list[tuple[float, Chunk]], answers: Sequence[Chunk]
+        self, tenant: str, ranked: list[tuple[float, Chunk]], answers: Sequence[Chunk], known: KnownTurns
     ) -> list[tuple[float, Chunk]]:
         scopes = list(dict.fromkeys(ch.scope for ch in answers))
+        wanted = {s: {ch.event_id for ch in answers if ch.scope == s} for s in scopes}
         try:
             async with asyncio.timeout(self.config.neighbour_timeout_s):
-                # Older than the reply: the whole scope's hot turns, not the caller's newest few.
-                sessions = await asyncio.gather(*(self.hot.recent(tenant, s) for s in scopes))
+                # The caller's read when it holds the replies (no second read; a reply that is
+                # the oldest turn there loses its user turn), else the scope's hot turns.
+                sessions = await asyncio.gather(*(self._turns(tenant, s, wanted[s], known.get(s)) for s in scopes))
         except (TimeoutError, CtxPipeError, OSError) as exc:
             log.warning("user turns of retrieved replies skipped: %r", exc)
             return ranked

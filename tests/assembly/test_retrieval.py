@@ -265,6 +265,12 @@ async def test_user_turn_of_a_retrieved_reply_comes_just_above_it(runtime: Runti
     hits = await dead.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
                                lambda t: _embed_with(runtime, t))
     assert [h.chunk.event_id for h in hits] == [f"{run}-acme-1"]
+    # ... unless the caller's own read of the turns holds it: no second read.
+    known: asyncio.Future[list[Chunk] | None] = asyncio.get_running_loop().create_future()
+    known.set_result(await runtime.hot.recent("acme", "chat:s1"))
+    hits = await dead.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
+                               lambda t: _embed_with(runtime, t), {"chat:s1": known})
+    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]
 
 
 async def test_a_dead_hot_tier_costs_the_replies_not_the_hits(runtime: Runtime) -> None:
