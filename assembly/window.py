@@ -220,9 +220,6 @@ def build_window(
     # Dedup by event: a fact repeated in another scope's facts, a retrieved chunk of a placed turn.
     placed_events: set[str] = set()
     remaining = free
-    # Room for the note saying older turns were cut, kept once pinned facts are placed
-    # (they outrank it): otherwise the exact check below drops a retrieved item for it.
-    reserve = _history_note_reserve(recent, count)
     carry = 0
     recent_state: _RecentState | None = None
     order = _fill_order(config.fill_order)
@@ -235,7 +232,6 @@ def build_window(
         section.budget_tokens = budget
         if name == "pinned":
             _fill_pinned(section, facts, count, placed_events, omitted)
-            remaining -= min(reserve, max(0, remaining - section.used_tokens))
         elif name == "summary":
             # Filled from what retrieval left, a summary is a bonus: placed whole or not at
             # all (listed in `omitted`, no note), never a stub whose note would cost a hit.
@@ -645,16 +641,6 @@ def _drop_one(
 
 
 _SHORT_NOTE: Final = "[Context note: some context was left out to fit the token budget.]"
-
-
-def _history_note_reserve(recent: Sequence[Chunk], count: Callable[[str], int]) -> int:
-    """An upper bound of what the note about cut history costs (0 without history)."""
-    if not recent:
-        return 0
-    n = len({c.event_id for c in recent})
-    worst = (f"[Context note: to fit the token budget, {n} earlier message(s) of this conversation are not "
-             "shown (the summary covers older history).]")
-    return count(worst) + BLOCK_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS
 
 
 def _note(

@@ -306,15 +306,3 @@ def test_a_long_hit_waits_until_smaller_ones_had_their_turn() -> None:
     assert [i.chunk.event_id for i in roomy.sections["retrieved"].items][-1] == "long"
     assert roomy.used_tokens <= 900
 
-
-def test_the_note_about_cut_history_does_not_cost_a_retrieved_item() -> None:
-    config = WindowConfig(system_prompt=CONFIG.system_prompt, shares=CONFIG.shares, recent_max_exchanges=1)
-    hits = [_doc(f"d{i}", f"fact {i} " * 10, 0.9 - i / 1000) for i in range(100)]
-    for budget in (512, 700, 1024):
-        w = build(budget, recent=conversation(30, words=10), hits=hits, config=config)
-        assert "earlier message(s)" in w.layout.messages_payload()[0]["content"][0]["text"]
-        retrieved = w.sections["retrieved"]
-        cost = retrieved.items[-1].tokens
-        # Filled until the next hit did not fit, and nothing dropped afterwards for the note.
-        assert retrieved.budget_tokens - retrieved.used_tokens < cost
-        assert w.used_tokens <= budget
