@@ -26,7 +26,7 @@ from typing import Any, Final, Generic, Protocol, Self, TypeVar, cast
 
 import orjson
 
-from assembly import metrics
+from assembly import allocation, metrics
 from assembly.anthropic_format import prefix_sha256
 from assembly.models import (
     SECTION_ORDER,
@@ -284,7 +284,7 @@ class AssemblyService:
             query=request.query,
             budget_tokens=request.budget_tokens,
             counter=self.counter,
-            config=self._window_config(request, system_prompt),
+            config=self._window_config(request, system_prompt, sum_f.value),
             facts=hot.facts if hot else [],
             summary=sum_f.value,
             recent=hot.recent if hot else [],
@@ -408,24 +408,30 @@ class AssemblyService:
 
     # -- shaping the answer -------------------------------------------------------------
 
-    def _window_config(self, request: ContextRequest, system_prompt: str) -> WindowConfig:
+    def _window_config(
+        self, request: ContextRequest, system_prompt: str, summary: Summary | None = None
+    ) -> WindowConfig:
         c = self.config
         shares: dict[SectionName, float] = {
             "pinned": c.pinned_share, "summary": c.summary_share,
             "recent": c.recent_share, "retrieved": c.retrieved_share,
         }
-        caps: dict[SectionName, int | None] = {}
-        for name, override in request.sections.items():
-            if override.share is not None:
-                shares[name] = override.share
-            caps[name] = override.max_tokens
+        method = summary.metadata.get("method") if summary is not None else None
+        p = allocation.plan(
+            query=request.query, shares=shares, overrides=request.sections,
+            summary_method=method if isinstance(method, str) else None,
+            lead_summary_methods=c.lead_summary_methods, recent_floor_exchanges=c.recent_floor_exchanges,
+        )
         return WindowConfig(
             system_prompt=system_prompt,
-            shares=shares,
-            max_tokens=caps,
+            shares=p.shares,
+            max_tokens=p.caps,
+            fill_order=p.fill_order,
+            recent_max_exchanges=p.recent_max_exchanges,
             max_tool_result_tokens=c.max_tool_result_tokens,
             recency_weight=c.recency_weight,
             recency_half_life_s=c.recency_half_life_s,
+            max_item_share=c.retrieved_max_item_share,
         )
 
     def _freshness_class(self, kind: str) -> FreshnessClass:

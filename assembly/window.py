@@ -90,6 +90,16 @@ class WindowConfig:
     recency_half_life_s: float = 7 * 24 * 3600.0
     # Retrieved conversation turns as one "[date role] text" line instead of the full tag.
     compact_turns: bool = True
+    # The order sections are *filled* in (what one leaves flows to the next). The rendered
+    # order, the drop order and the prefix are the same whatever it is. Putting "summary"
+    # after "retrieved" gives the summary only what retrieval leaves (its share becomes a cap).
+    fill_order: tuple[SectionName, ...] = SECTION_ORDER
+    # At most this many of the newest exchanges in the first pass over the recent section
+    # (None: as many as its share allows). Budget left at the end still adds older ones.
+    recent_max_exchanges: int | None = None
+    # Retrieved items costing more than this part of the retrieved section are placed only
+    # after every smaller candidate had its turn (1.0: rank order alone).
+    max_item_share: float = 1.0
 
 
 @dataclass(slots=True)
@@ -212,7 +222,8 @@ def build_window(
     remaining = free
     carry = 0
     recent_state: _RecentState | None = None
-    for name in SECTION_ORDER:
+    order = _fill_order(config.fill_order)
+    for name in order:
         share = config.shares.get(name, 1.0)
         nominal = remaining if share >= 1.0 else int(share * free) + carry
         cap = config.max_tokens.get(name)
@@ -222,10 +233,13 @@ def build_window(
         if name == "pinned":
             _fill_pinned(section, facts, count, placed_events, omitted)
         elif name == "summary":
-            _fill_summary(section, summary, counter, count, omitted, notes)
+            # Filled from what retrieval left, a summary is a bonus: placed whole or not at
+            # all (listed in `omitted`, no note), never a stub whose note would cost a hit.
+            late = order.index("summary") > order.index("retrieved")
+            _fill_summary(section, summary, counter, count, omitted, notes, whole_only=late)
         elif name == "recent":
             recent_state = _RecentState.build(recent, query_text, config, counter, count)
-            recent_state.fill(section, budget, placed_events)
+            recent_state.fill(section, budget, placed_events, limit=config.recent_max_exchanges)
         else:
             _fill_retrieved(section, hits, config, count, placed_events, now)
         remaining -= section.used_tokens
@@ -235,10 +249,11 @@ def build_window(
     # Budget the retrieved section could not use (too few candidates) goes to older turns.
     if recent_state is not None and remaining > 0:
         cap = config.max_tokens.get("recent")
-        extra = remaining if cap is None else max(0, min(remaining, cap - sections["recent"].budget_tokens))
-        if extra > 0:
-            before = sections["recent"].used_tokens
-            sections["recent"].budget_tokens += extra
+        before = sections["recent"].used_tokens
+        # What recent did not use of its own budget already flowed on (it is in `remaining`).
+        extra = remaining if cap is None else max(0, min(remaining, cap - before))
+        if extra > 0 and recent_state.taken < len(recent_state.exchanges):
+            sections["recent"].budget_tokens = before + extra
             recent_state.fill(sections["recent"], sections["recent"].budget_tokens, placed_events)
             remaining -= sections["recent"].used_tokens - before
             _drop_retrieved_now_in_recent(sections["retrieved"], recent_state)
@@ -264,6 +279,13 @@ def build_window(
             sections["recent"].items = recent_state.placed_items()
         window = _render(budget_tokens, sections, omitted, notes, config, query_text, summary, count, note_level)
     return window
+
+
+def _fill_order(order: Sequence[SectionName]) -> tuple[SectionName, ...]:
+    """``order`` with any section it leaves out appended in the default order."""
+    if len(set(order)) != len(order) or not set(order) <= set(SECTION_ORDER):
+        raise ValueError(f"fill_order must name sections at most once: {order!r}")
+    return (*order, *(n for n in SECTION_ORDER if n not in order))
 
 
 def _fit_query(query: str, max_tokens: int, counter: TokenCounter) -> str:
@@ -324,6 +346,8 @@ def _fill_summary(
     count: Callable[[str], int],
     omitted: list[Omission],
     notes: list[str],
+    *,
+    whole_only: bool = False,
 ) -> None:
     if summary is None or not summary.text.strip():
         return
@@ -331,6 +355,9 @@ def _fill_summary(
     room = section.budget_tokens - overhead
     text = summary.text
     truncated = False
+    if whole_only and count(text) > room:
+        omitted.append(Omission(summary.event_id, "summary", "budget"))
+        return
     if count(text) > room:
         if room < _MIN_SUMMARY_TOKENS:
             omitted.append(Omission(summary.event_id, "summary", "budget"))
@@ -386,8 +413,8 @@ class _RecentState:
                 exchanges[-1].append(turn)
         return cls(exchanges)
 
-    def fill(self, section: SectionResult, budget: int, placed_events: set[str]) -> None:
-        while self.taken < len(self.exchanges):
+    def fill(self, section: SectionResult, budget: int, placed_events: set[str], limit: int | None = None) -> None:
+        while self.taken < len(self.exchanges) and (limit is None or self.taken < limit):
             exchange = self.exchanges[len(self.exchanges) - 1 - self.taken]
             cost = sum(t.cost for t in exchange)
             if section.used_tokens + cost > budget:
@@ -497,22 +524,31 @@ def _fill_retrieved(
     header = count(RETRIEVED_HEADER) + BLOCK_OVERHEAD_TOKENS
     seen_events: set[str] = set()
     seen_text: set[str] = set()
-    for score, hit in rank_hits(hits, config, now):
-        c = hit.chunk
-        # Once per event: the best-ranked chunk of an event stands for it.
-        if c.event_id in seen_events or c.event_id in placed_events:
-            continue
-        cost = chunk_cost(c, config, count) + BLOCK_OVERHEAD_TOKENS
-        extra = cost + (header if not section.items else 0)
-        if section.used_tokens + extra > section.budget_tokens:
-            continue  # a smaller hit further down may still fit
-        key = _norm(c.text)
-        if key in seen_text:
-            continue
-        seen_events.add(c.event_id)
-        seen_text.add(key)
-        section.items.append(PlacedItem(c, c.text, cost, score=round(score, 6)))
-        section.used_tokens += extra
+    # An item larger than this part of the section waits for a second pass: in a small
+    # window one long chunk would crowd out several relevant short ones.
+    big = config.max_item_share * section.budget_tokens
+    deferred: list[tuple[float, Hit]] = []
+    ranked = rank_hits(hits, config, now)
+    for pass_ in (0, 1):
+        for score, hit in ranked if pass_ == 0 else deferred:
+            c = hit.chunk
+            # Once per event: the best-ranked chunk of an event stands for it.
+            if c.event_id in seen_events or c.event_id in placed_events:
+                continue
+            cost = chunk_cost(c, config, count) + BLOCK_OVERHEAD_TOKENS
+            extra = cost + (header if not section.items else 0)
+            if section.used_tokens + extra > section.budget_tokens:
+                continue  # a smaller hit further down may still fit
+            if pass_ == 0 and cost > big:
+                deferred.append((score, hit))
+                continue
+            key = _norm(c.text)
+            if key in seen_text:
+                continue
+            seen_events.add(c.event_id)
+            seen_text.add(key)
+            section.items.append(PlacedItem(c, c.text, cost, score=round(score, 6)))
+            section.used_tokens += extra
 
 
 def chunk_cost(c: Chunk, config: WindowConfig, count: _MemoCounter) -> int:

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from assembly.models import ContextRequest  # noqa: E402
 from assembly.retrieval import DEFAULT_RETRIEVAL, LEGACY_RETRIEVAL, RetrievalConfig, Retriever  # noqa: E402
 from assembly.service import AssemblyService  # noqa: E402
-from assembly.window import Hit, WindowConfig, build_window  # noqa: E402
+from assembly.window import Hit, Summary, WindowConfig, build_window  # noqa: E402
 from bench.quality_data import QUESTION_TYPES, Dataset, Question, make_dataset  # noqa: E402
 from ctxpipe.runtime import Runtime, open_runtime  # noqa: E402
 from ctxpipe.settings import Settings  # noqa: E402
@@ -146,8 +146,8 @@ class Bench:
             svc._queries = svc._query_embedder(svc.query_model)
         make_config = svc._window_config
 
-        def window_config(request: ContextRequest, system_prompt: str) -> WindowConfig:
-            c = make_config(request, system_prompt)
+        def window_config(request: ContextRequest, system_prompt: str, summary: Summary | None = None) -> WindowConfig:
+            c = make_config(request, system_prompt, summary)
             w = c.recency_weight if recency_weight is None else recency_weight
             return dataclasses.replace(c, compact_turns=compact, recency_weight=w)
 

@@ -188,11 +188,13 @@ class ApiSettings(_Group):
 
 class AssemblySettings(_Group):
     """Defaults of the assembly service (``POST /v1/context``); a request may override the
-    section shares. Sections fill in priority order (pinned, summary, recent, retrieved); a
-    share is the part of what is left after the fixed parts (system prompt, query, framing)
-    a section may take, and what a section leaves unused flows to the next one. A share of 1.0 means "whatever is left":
-    pinned facts take what they need first (dropped last), retrieved items get the rest
-    (dropped first)."""
+    section shares and caps. A share is the part of what is left after the fixed parts
+    (system prompt, query, framing) a section may take, and what a section leaves unused
+    flows to the next one filled. A share of 1.0 means "whatever is left": pinned facts take
+    what they need first (dropped last), then the newest exchange (recent_floor_exchanges),
+    then retrieved items take the rest (dropped first); an offline summary gets only what
+    retrieval leaves (lead_summary_methods), older turns whatever is still left. See
+    assembly/allocation.py."""
 
     system_prompt: str = (
         "You are a helpful assistant. Use the pinned facts, the summary and the retrieved "
@@ -203,6 +205,21 @@ class AssemblySettings(_Group):
     summary_share: float = Field(default=0.2, ge=0, le=1)
     recent_share: float = Field(default=0.3, ge=0, le=1)
     retrieved_share: float = Field(default=1.0, ge=0, le=1)
+    # Recent turns: only the newest exchange(s) (within recent_share) unless the query refers
+    # to the ongoing conversation (assembly/allocation.py); leftover budget adds older ones.
+    # None: the whole share, as before. On real conversations the evidence was almost never
+    # in the recent turns.
+    recent_floor_exchanges: int | None = Field(default=1, ge=0)
+    # Summaries made by these methods fill before retrieval (up to summary_share); others
+    # (the offline extractive one) only get what retrieval leaves: on real conversations
+    # it held none of the evidence. ["claude", "extractive"]: both lead, as before.
+    lead_summary_methods: list[str] = Field(default_factory=lambda: ["claude"])
+    # A retrieved item costing more than this part of the retrieved section waits until
+    # every smaller candidate had its turn (1.0: rank order alone). On real conversations
+    # (bench/real_quality.py, dev) one long assistant reply otherwise fills a 512 window:
+    # 0.43 -> 0.62 of the evidence at 512, the same at 2k/4k; it costs questions whose
+    # evidence is a long reply (single-session-assistant 0.57 -> 0.29 at 512).
+    retrieved_max_item_share: float = Field(default=0.34, gt=0, le=1)
     # One tool result in the recent turns is cut to this many tokens (with a note).
     max_tool_result_tokens: int = Field(default=512, ge=16)
     recent_fetch_limit: int = Field(default=200, gt=0)

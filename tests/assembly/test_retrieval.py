@@ -20,6 +20,7 @@ from assembly.retrieval import (
     boost_latest,
     fuse,
     pair_of,
+    prompt_of,
     query_ids,
 )
 from assembly.window import Hit, WindowConfig, build_window
@@ -99,6 +100,17 @@ def test_pair_of_finds_the_reply_of_a_question_only() -> None:
     assert pair_of(turns, s) is None  # a statement: its reply adds nothing
     assert pair_of(turns, a) is None
     assert pair_of([q], q) is None
+
+
+def test_prompt_of_finds_the_user_turn_a_reply_answers() -> None:
+    u = _chunk("u", "My asylum application took over a year to be approved.", minutes=1)
+    a = _chunk("a", "I'm glad your asylum application was approved!", role=Role.ASSISTANT, minutes=2)
+    a2 = _chunk("a2", "Anything else?", role=Role.ASSISTANT, minutes=3)
+    turns = [u, a, a2]
+    assert prompt_of(turns, a) == u
+    assert prompt_of(turns, a2) is None  # the turn before is not a user turn
+    assert prompt_of(turns, u) is None
+    assert prompt_of([a], a) is None
 
 
 @pytest.mark.parametrize("budget", [300, 600, 1000])
@@ -233,6 +245,32 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runti
 class _DeadHot:
     async def recent(self, tenant: str, scope: str, limit: int | None = None) -> list[Chunk]:
         raise StorageUnavailableError("refused", tier="hot", operation="recent")
+
+
+async def test_user_turn_of_a_retrieved_reply_comes_just_above_it(runtime: Runtime) -> None:
+    run = uuid.uuid4().hex[:6]
+    await _ingest(runtime, [
+        _event(run, 0, "Finally some good news: it took over a year, but it is behind me now."),
+        _event(run, 1, "I'm so glad your asylum application has been approved!", role="assistant"),
+        _event(run, 2, "Which neighbourhoods are affordable?"),
+    ])
+    query = "How long did I wait for my asylum application?"
+    plain = await _retrieve(runtime, RetrievalConfig(pool=1), query, ["chat:s1"])
+    assert [h.chunk.event_id for h in plain] == [f"{run}-acme-1"]
+    prompted = await _retrieve(runtime, RetrievalConfig(pool=1, prompts=4), query, ["chat:s1"])
+    assert [h.chunk.event_id for h in prompted] == [f"{run}-acme-0", f"{run}-acme-1"]
+    assert prompted[0].score >= prompted[1].score
+    # A dead hot tier costs the user turn, not the hit.
+    dead = Retriever(runtime.semantic, _DeadHot(), RetrievalConfig(pool=1, prompts=4))  # type: ignore[arg-type]
+    hits = await dead.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
+                               lambda t: _embed_with(runtime, t))
+    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-1"]
+    # ... unless the caller's own read of the turns holds it: no second read.
+    known: asyncio.Future[list[Chunk] | None] = asyncio.get_running_loop().create_future()
+    known.set_result(await runtime.hot.recent("acme", "chat:s1"))
+    hits = await dead.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
+                               lambda t: _embed_with(runtime, t), {"chat:s1": known})
+    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]
 
 
 async def test_a_dead_hot_tier_costs_the_replies_not_the_hits(runtime: Runtime) -> None:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from assembly.anthropic_format import check_alternation, count_layout, stable_prefix_bytes
 from assembly.exceptions import BudgetTooSmallError
+from assembly.models import SECTION_ORDER
 from assembly.window import Hit, Summary, WindowConfig, minimum_budget
 from processors.types import Chunk
 from streams.events import EventKind, Role
@@ -53,13 +54,20 @@ def _scope_state(draw: st.DrawFn) -> dict[str, object]:
         "retrieved": 1.0,
     }
     return {"recent": recent, "facts": facts, "hits": hits, "summary": summary,
-            "query": draw(_words), "shares": shares}
+            "query": draw(_words), "shares": shares,
+            "fill_order": draw(st.sampled_from([SECTION_ORDER, ("pinned", "recent", "retrieved", "summary")])),
+            "recent_max_exchanges": draw(st.sampled_from([None, 0, 1, 2])),
+            "max_item_share": draw(st.sampled_from([1.0, 0.3]))}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(state=_scope_state(), budget=st.integers(MIN_BUDGET + 60, 6000))
 def test_budget_never_exceeded_and_roles_alternate(state: dict[str, object], budget: int) -> None:
-    config = WindowConfig(system_prompt=CONFIG.system_prompt, shares=state["shares"])  # type: ignore[arg-type]
+    config = WindowConfig(
+        system_prompt=CONFIG.system_prompt, shares=state["shares"],  # type: ignore[arg-type]
+        fill_order=state["fill_order"], recent_max_exchanges=state["recent_max_exchanges"],  # type: ignore[arg-type]
+        max_item_share=state["max_item_share"],  # type: ignore[arg-type]
+    )
     w = build(budget, config=config, **state)  # type: ignore[arg-type]
     assert w.used_tokens <= budget
     assert w.used_tokens == count_layout(w.layout, COUNTER.count)
@@ -230,3 +238,71 @@ def test_estimated_hit_cost_bounds_the_rendered_count(text: str, kind: EventKind
     assert estimate >= exact
     if text and text == text.strip():
         assert estimate == exact
+
+
+# -- allocation: fill order and the recent floor ---------------------------------------------
+
+_LATE_SUMMARY = WindowConfig(
+    system_prompt=CONFIG.system_prompt, shares=CONFIG.shares,
+    fill_order=("pinned", "recent", "retrieved", "summary"), recent_max_exchanges=1,
+)
+
+
+def test_summary_filled_after_retrieval_gets_only_what_retrieval_leaves() -> None:
+    summary = Summary("they discussed shipping and returns at length " * 5)
+    many = [_doc(f"d{i}", f"reference {i} " * 4, 0.9 - i / 1000) for i in range(200)]
+    w = build(1500, hits=many, summary=summary, config=_LATE_SUMMARY)
+    # The summary's budget is only the scraps retrieval could not use: not placed (no stub,
+    # no note), listed as omitted.
+    assert w.sections["summary"].budget_tokens < 80 and not w.sections["summary"].items
+    assert ("summary", "summary", "budget") in w.omitted and not w.notes
+    assert w.sections["retrieved"].used_tokens > 1500 * 0.8
+    # The same hits, the summary first (as configured before): it takes its share.
+    legacy = build(1500, hits=many, summary=summary)
+    assert legacy.sections["summary"].items
+    assert len(legacy.sections["retrieved"].items) < len(w.sections["retrieved"].items)
+    # Few hits: the summary gets room after them, capped by its share.
+    few = build(1500, hits=many[:2], summary=summary, config=_LATE_SUMMARY)
+    assert few.sections["summary"].items and len(few.sections["retrieved"].items) == 2
+    assert few.sections["summary"].used_tokens <= int(0.2 * 1500)
+    # The rendered order (and so the cached prefix) does not depend on the fill order.
+    assert stable_prefix_bytes(few.layout) == stable_prefix_bytes(
+        build(1500, hits=many[:2], summary=summary).layout)
+
+
+def test_recent_floor_keeps_the_newest_exchange_then_leftovers_add_older_ones() -> None:
+    recent = conversation(8, words=10)
+    many = [_doc(f"d{i}", f"reference {i} " * 2, 0.9 - i / 1000) for i in range(300)]
+    w = build(1500, recent=recent, hits=many, config=_LATE_SUMMARY)
+    assert [i.chunk.event_id for i in w.sections["recent"].items] == ["m14", "m15"]
+    assert check_alternation(w.layout.messages_payload())
+    assert {o.event_id for o in w.omitted if o.reason == "history_cut"} == {f"m{i}" for i in range(14)}
+    # No hits to fill the window: older exchanges take the room left.
+    alone = build(1500, recent=recent, config=_LATE_SUMMARY)
+    assert len(alone.sections["recent"].items) == 16
+    # The floor still respects the share: an exchange larger than it is not placed first.
+    big = conversation(2, words=400)
+    tight = build(1000, recent=big, hits=many, config=_LATE_SUMMARY)
+    assert not tight.sections["recent"].items and tight.used_tokens <= 1000
+
+
+def test_fill_order_must_name_sections_once() -> None:
+    bad = WindowConfig(system_prompt="x", shares=CONFIG.shares, fill_order=("recent", "recent"))
+    with pytest.raises(ValueError, match="fill_order"):
+        build(1000, config=bad)
+
+
+def test_a_long_hit_waits_until_smaller_ones_had_their_turn() -> None:
+    hits = [_doc("long", "background " * 100, 0.99)] + [_doc(f"d{i}", f"fact {i} " * 10, 0.9 - i / 100)
+                                                         for i in range(8)]
+    ranked = build(700, hits=hits)
+    assert ranked.sections["retrieved"].items[0].chunk.event_id == "long"
+    config = WindowConfig(system_prompt=CONFIG.system_prompt, shares=CONFIG.shares, max_item_share=0.3)
+    w = build(700, hits=hits, config=config)
+    ids = [i.chunk.event_id for i in w.sections["retrieved"].items]
+    assert ids[:8] == [f"d{i}" for i in range(8)] and len(ids) > len(ranked.sections["retrieved"].items)
+    # Room left after the small ones: the long one still gets in, last (dropped first).
+    roomy = build(900, hits=hits, config=config)
+    assert [i.chunk.event_id for i in roomy.sections["retrieved"].items][-1] == "long"
+    assert roomy.used_tokens <= 900
+
