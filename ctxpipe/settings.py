@@ -392,6 +392,8 @@ def to_env(settings: Settings) -> dict[str, str]:
                 value = json.dumps(
                     {k: v.get_secret_value() if isinstance(v, SecretStr) else v for k, v in raw.items()}
                 )
+            elif isinstance(value, list):
+                value = json.dumps(value)  # pydantic-settings reads complex values as JSON
             if value is None:
                 continue
             env[f"CTX_{group_name.upper()}__{field.upper()}"] = str(value)
