@@ -327,18 +327,11 @@ class Retriever:
         answers = [ch for _, ch in ranked[:prompts] if ch.kind is EventKind.MESSAGE and ch.role is Role.ASSISTANT]
         if answers:
             ranked = await self._with_prompts(tenant, ranked, answers, known)
-        scopes = list(dict.fromkeys(ch.scope for ch in heads))
-        if not scopes:
+        if not heads:
             return ranked
-        wanted = {s: {ch.event_id for ch in heads if ch.scope == s} for s in scopes}
-        try:
-            async with asyncio.timeout(self.config.neighbour_timeout_s):
-                sessions = await asyncio.gather(*(self._turns(tenant, s, wanted[s], known.get(s)) for s in scopes))
-        except (TimeoutError, CtxPipeError, OSError) as exc:
-            # Replies are an extra: a slow or dead hot tier must not cost the hits themselves.
-            log.warning("replies of retrieved questions skipped: %r", exc)
+        by_scope = await self._sessions(tenant, heads, known, "replies of retrieved questions")
+        if by_scope is None:
             return ranked
-        by_scope = dict(zip(scopes, sessions, strict=True))
         head_ids = {ch.chunk_id for ch in heads}
         seen = {ch.event_id for _, ch in ranked[:top]}
         out: list[tuple[float, Chunk]] = []
@@ -358,21 +351,29 @@ class Retriever:
             firsts.setdefault(ch.chunk_id, j)
         return [x for j, x in enumerate(out) if firsts[x[1].chunk_id] == j]
 
+    async def _sessions(
+        self, tenant: str, around: Sequence[Chunk], known: KnownTurns, what: str
+    ) -> dict[str, list[Chunk]] | None:
+        """The turns of each scope of ``around`` (see :meth:`_turns`); None when the hot tier
+        is slow or down: neighbours are an extra and must not cost the hits themselves."""
+        scopes = list(dict.fromkeys(ch.scope for ch in around))
+        wanted = {s: {ch.event_id for ch in around if ch.scope == s} for s in scopes}
+        try:
+            async with asyncio.timeout(self.config.neighbour_timeout_s):
+                sessions = await asyncio.gather(*(self._turns(tenant, s, wanted[s], known.get(s)) for s in scopes))
+        except (TimeoutError, CtxPipeError, OSError) as exc:
+            log.warning("%s skipped: %r", what, exc)
+            return None
+        return dict(zip(scopes, sessions, strict=True))
 
     async def _with_prompts(
         self, tenant: str, ranked: list[tuple[float, Chunk]], answers: Sequence[Chunk], known: KnownTurns
     ) -> list[tuple[float, Chunk]]:
-        scopes = list(dict.fromkeys(ch.scope for ch in answers))
-        wanted = {s: {ch.event_id for ch in answers if ch.scope == s} for s in scopes}
-        try:
-            async with asyncio.timeout(self.config.neighbour_timeout_s):
-                # The caller's read when it holds the replies (no second read; a reply that is
-                # the oldest turn there loses its user turn), else the scope's hot turns.
-                sessions = await asyncio.gather(*(self._turns(tenant, s, wanted[s], known.get(s)) for s in scopes))
-        except (TimeoutError, CtxPipeError, OSError) as exc:
-            log.warning("user turns of retrieved replies skipped: %r", exc)
+        # The caller's read when it holds the replies (no second read; a reply that is the
+        # oldest turn there loses its user turn), else the scope's hot turns.
+        by_scope = await self._sessions(tenant, answers, known, "user turns of retrieved replies")
+        if by_scope is None:
             return ranked
-        by_scope = dict(zip(scopes, sessions, strict=True))
         answer_ids = {ch.chunk_id for ch in answers}
         out: list[tuple[float, Chunk]] = []
         for score, ch in ranked:
