@@ -47,6 +47,12 @@ def configure_logging(settings: LogSettings) -> None:
         logging.getLogger(name).setLevel(settings.level)
     # uvicorn configures its own loggers when it starts; ctxpipe.service passes it
     # log_config=None so these levels and this handler stay in force.
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).setLevel(settings.library_level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # A uvicorn started earlier in the process with its own log config left handlers
+        # here that bypass ours: every line goes through the root handler instead.
+        uv = logging.getLogger(name)
+        for old in list(uv.handlers):
+            uv.removeHandler(old)
+        uv.propagate = True
+        uv.setLevel(settings.library_level)
     logging.getLogger("uvicorn.access").setLevel(logging.INFO if settings.access_log else logging.WARNING)

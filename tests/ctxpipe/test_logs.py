@@ -16,8 +16,17 @@ from ctxpipe.settings import LogSettings
 def _restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    levels = {n: logging.getLogger(n).level for n in (*OWN_PACKAGES, "faust", "uvicorn", "uvicorn.error", "uvicorn.access")}
+    names = (*OWN_PACKAGES, "faust", "uvicorn", "uvicorn.error", "uvicorn.access")
+    levels = {n: logging.getLogger(n).level for n in names}
+    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).propagate) for n in names}
     yield
+    for n, (hs, prop) in saved.items():
+        lg = logging.getLogger(n)
+        for h in list(lg.handlers):
+            lg.removeHandler(h)
+        for h in hs:
+            lg.addHandler(h)
+        lg.propagate = prop
     for h in list(root.handlers):
         root.removeHandler(h)
     for h in handlers:
@@ -53,6 +62,14 @@ def test_json_lines_and_access_log(capsys: pytest.CaptureFixture[str]) -> None:
     assert [d["logger"] for d in docs] == ["streams.app", "faust.transport", "aiokafka.consumer", "root", "uvicorn.access"]
     assert docs[0]["level"] == "info" and docs[0]["message"] == "worker joined"
     assert docs[0]["ts"].endswith("+00:00")
+
+
+def test_handlers_another_uvicorn_left_behind_are_replaced(capsys: pytest.CaptureFixture[str]) -> None:
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(logging.StreamHandler())  # what uvicorn's own log config installs
+    access.propagate = False
+    configure_logging(LogSettings(format="json", access_log=True))
+    assert [orjson.loads(ln)["logger"] for ln in _emit(capsys)] == ["streams.app", "aiokafka.consumer", "uvicorn.access"]
 
 
 def test_own_level_can_be_raised(capsys: pytest.CaptureFixture[str]) -> None:
