@@ -452,6 +452,8 @@ class OnnxEmbedder:
                 ("quantizing a copy to int8 for queries",
                  lambda: _quantize_onnx(self.onnx_path, self.run_path), self.run_path),
             ]
+            if self.run_path == self.onnx_path:
+                steps = steps[:1]  # full precision: the export is what runs, nothing to quantize
             todo = [(what, run) for what, run, path in steps if not path.is_file()]
             if todo:
                 with _progress(f"preparing the embedding model (once, into {self.settings.onnx_dir})",
