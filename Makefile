@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 .PHONY: install run serve demo test test-fast stop status bench typecheck
 
 # Idempotent: pip runs only when pyproject.toml changed; servers and jars are
-# installed by `python -m infra` itself when missing.
+# installed by `python -m ctxpipe.infra` itself when missing.
 install: $(STAMP)
 $(STAMP): pyproject.toml
 	@echo "installing the Python package and its dependencies (once; a few minutes on a fresh machine)"
@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml
 	@mkdir -p .stack && rm -f .stack/.installed-* && touch $(STAMP)
 
 run: install
-	@$(PYTHON) -m infra up
+	@$(PYTHON) -m ctxpipe.infra up
 	@$(PYTHON) -m ctxpipe serve --demo
 
 serve: install
-	@$(PYTHON) -m infra up
+	@$(PYTHON) -m ctxpipe.infra up
 	@$(PYTHON) -m ctxpipe serve
 
 demo: install
@@ -32,10 +32,10 @@ test-fast: install
 	$(PYTHON) -m pytest -m "not stack and not slow"
 
 stop:
-	@$(PYTHON) -m infra down
+	@$(PYTHON) -m ctxpipe.infra down
 
 status:
-	@$(PYTHON) -m infra status
+	@$(PYTHON) -m ctxpipe.infra status
 
 typecheck: install
 	$(PYTHON) -m mypy

@@ -22,7 +22,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from assembly.models import SECTION_ORDER, SectionName, SectionOverride
+from ctxpipe.assembly.models import SECTION_ORDER, SectionName, SectionOverride
 
 # Phrases that point at the conversation going on now, not at something said in the past.
 _ONGOING: Final = re.compile(

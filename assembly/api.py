@@ -3,25 +3,33 @@ metrics and a per-scope view of the tiers."""
 
 from __future__ import annotations
 
-import gc
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from assembly.api_errors import InternalErrorMiddleware, validation_error
-from assembly.auth import check_tenant, tenant_guard
-from assembly.exceptions import BudgetTooSmallError, WindowLogUnavailableError, WindowNotFoundError
-from assembly.models import SCOPE_PATTERN, TRACE_ID_PATTERN, ContextRequest, ContextResponse
-from assembly.recording import load_window
-from assembly.service import AssemblyService
-from ctxpipe.runtime import Runtime
-from storage.exceptions import StorageError
-from streams.events import MAX_ID_CHARS
+from ctxpipe.assembly.api_errors import InternalErrorMiddleware, validation_error
+from ctxpipe.assembly.auth import check_tenant, tenant_guard
+from ctxpipe.assembly.exceptions import BudgetTooSmallError, WindowLogUnavailableError, WindowNotFoundError
+from ctxpipe.assembly.models import SCOPE_PATTERN, TRACE_ID_PATTERN, ContextRequest, ContextResponse
+from ctxpipe.assembly.recording import load_window
+from ctxpipe.assembly.service import AssemblyService, Tiers
+from ctxpipe.storage.exceptions import StorageError
+from ctxpipe.core.events import MAX_ID_CHARS
+
+
+
+class Runtime(Tiers, Protocol):
+    """What the API needs from the process that opened the tiers
+    (:class:`ctxpipe.app.runtime.Runtime` is the one ``ctxpipe serve`` passes)."""
+
+    async def health(self) -> dict[str, Any]: ...
+
+    async def scope_view(self, tenant: str, scope: str, *, limit: int) -> dict[str, Any]: ...
+
 
 RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
 
@@ -33,26 +41,7 @@ def create_api(open_runtime: RuntimeFactory) -> FastAPI:
             api.state.runtime = runtime
             api.state.settings = runtime.settings
             api.state.assembly = assembly
-            # Process-wide: the API's requests wait on worker threads (see ApiSettings).
-            previous = sys.getswitchinterval()
-            sys.setswitchinterval(runtime.settings.api.switch_interval_ms / 1000)
-            # The ~300k objects of start-up (libraries, model sessions, clients) live as long
-            # as the process: out of the collector's sight, a full collection no longer walks
-            # them (~200 ms on these machines: the stalls behind the p99 at 20 req/s).
-            freeze = runtime.settings.api.gc_freeze
-            if freeze:
-                gc.collect()
-                gc.freeze()
-            thresholds = gc.get_threshold()
-            if runtime.settings.api.gc_threshold:
-                gc.set_threshold(runtime.settings.api.gc_threshold, *thresholds[1:])
-            try:
-                yield
-            finally:
-                gc.set_threshold(*thresholds)
-                if freeze:
-                    gc.unfreeze()
-                sys.setswitchinterval(previous)
+            yield
 
     api = FastAPI(title="ctxpipe", version="0.1.0", lifespan=lifespan)
     api.add_middleware(InternalErrorMiddleware)

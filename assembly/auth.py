@@ -7,9 +7,9 @@ import re
 
 from fastapi import Header, HTTPException, Request
 
-from assembly.models import TENANT_PATTERN
-from ctxpipe.settings import ApiSettings
-from streams.events import MAX_ID_CHARS
+from ctxpipe.assembly.models import TENANT_PATTERN
+from ctxpipe.core.settings import ApiSettings
+from ctxpipe.core.events import MAX_ID_CHARS
 
 _TENANT = re.compile(TENANT_PATTERN)
 

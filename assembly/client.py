@@ -8,8 +8,8 @@ from typing import Any, Self
 
 import httpx
 
-from assembly.exceptions import ClientError
-from assembly.models import ContextRequest, ContextResponse
+from ctxpipe.assembly.exceptions import ClientError
+from ctxpipe.assembly.models import ContextRequest, ContextResponse
 
 
 def _request_body(request: ContextRequest | Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from streams.events import MAX_ID_CHARS
+from ctxpipe.core.events import MAX_ID_CHARS
 
 SectionName = Literal["pinned", "summary", "recent", "retrieved"]
 FreshnessClass = Literal["realtime", "near_real_time", "batch"]

@@ -10,7 +10,7 @@ add one for a lone query (0 by default: at low load it only adds latency).
 
 Identical texts share one slot (queued or in flight), and an LRU cache answers repeated
 queries without the model. Model failures reach every waiting caller as
-:class:`~processors.exceptions.EmbeddingError` (a ``CtxPipeError``, so the service turns
+:class:`~ctxpipe.processors.exceptions.EmbeddingError` (a ``CtxPipeError``, so the service turns
 it into a ``degraded`` answer).
 """
 
@@ -21,15 +21,15 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from ctxpipe.tasks import cancel_and_wait
-from processors.embedding import Embedder
-from processors.exceptions import EmbeddingError
+from ctxpipe.core.tasks import cancel_and_wait
+from ctxpipe.processors.embedding import Embedder
+from ctxpipe.processors.exceptions import EmbeddingError
 
 __all__ = ["QueryEmbedder"]
 
 
 class QueryEmbedder:
-    """Async front of a synchronous :class:`~processors.embedding.Embedder` for single
+    """Async front of a synchronous :class:`~ctxpipe.processors.embedding.Embedder` for single
     queries. Bound to the event loop of its first :meth:`embed`; :meth:`aclose` ends it."""
 
     def __init__(

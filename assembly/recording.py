@@ -25,7 +25,7 @@ have it; at most ``record_retry_max_windows`` wait in memory, the oldest beyond 
 left to the windows topic (logged by trace id). The windows topic is the log: a window
 neither in memory nor in the cold tier (an S3 outage longer than memory holds, a crash
 before the put) is read from the topic (:func:`load_window`), and
-:func:`assembly.window_backfill.backfill_windows` stores such windows in the cold tier.
+:func:`ctxpipe.assembly.window_backfill.backfill_windows` stores such windows in the cold tier.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ from typing import Final
 
 from aiokafka import AIOKafkaProducer
 
-from assembly import metrics
-from assembly.exceptions import WindowNotFoundError
-from assembly.window_log import WindowLogReader
-from ctxpipe.settings import Settings
-from ctxpipe.tasks import cancel_and_wait
-from storage.cold import ColdStore, window_key, window_prefix
-from storage.exceptions import StorageError
+from ctxpipe.assembly import metrics
+from ctxpipe.assembly.exceptions import WindowNotFoundError
+from ctxpipe.assembly.window_log import WindowLogReader
+from ctxpipe.core.settings import Settings
+from ctxpipe.core.tasks import cancel_and_wait
+from ctxpipe.storage.cold import ColdStore, window_key, window_prefix
+from ctxpipe.storage.exceptions import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ class WindowRecorder:
 
     async def _backfill(self) -> bool:
         """The sinks are back: store the windows let go from memory, from the topic."""
-        from assembly.window_backfill import backfill_windows  # it builds on this module
+        from ctxpipe.assembly.window_backfill import backfill_windows  # it builds on this module
 
         since, self._backfill_from_ms = self._backfill_from_ms, None
         if since is None:

@@ -1,6 +1,6 @@
 """What exactly did the model see for a trace id, and what would it see if rebuilt?
 
-``load_window`` (:mod:`assembly.recording`) returns the recorded window byte for byte from the cold tier (request,
+``load_window`` (:mod:`ctxpipe.assembly.recording`) returns the recorded window byte for byte from the cold tier (request,
 response, settings, model versions and stream positions are all in it). ``rebuild``
 replays the source topic up to the recorded positions into a scratch version (only that
 tenant's records: a window never reads another tenant's data), assembles the recorded
@@ -24,23 +24,23 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from assembly.models import ContextRequest
-from assembly.recording import load_window
-from assembly.service import AssemblyService
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import AssemblySettings, Settings
-from ctxpipe.versions import BASE_VERSION, VersionRegistry, version_stores
-from processors.chunking import ChunkingSettings
-from processors.embedding import CachedEmbedder, Embedder, make_embedder
-from storage.cold import ColdStore
-from storage.hot import EmbeddingCacheRedis, HotStore
-from storage.semantic.base import SemanticStore
-from streams.replay import Replayer
+from ctxpipe.assembly.models import ContextRequest
+from ctxpipe.assembly.recording import load_window
+from ctxpipe.assembly.service import AssemblyService
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import AssemblySettings, Settings
+from ctxpipe.storage.versions import BASE_VERSION, VersionRegistry, version_stores
+from ctxpipe.processors.chunking import ChunkingSettings
+from ctxpipe.processors.embedding import CachedEmbedder, Embedder, make_embedder
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import EmbeddingCacheRedis, HotStore
+from ctxpipe.storage.semantic.base import SemanticStore
+from ctxpipe.streams.replay import Replayer
 
 
 class ReproduceError(CtxPipeError):
     """The source topic's positions for a rebuild cannot be read (a missing window is
-    :class:`~assembly.exceptions.WindowNotFoundError`)."""
+    :class:`~ctxpipe.assembly.exceptions.WindowNotFoundError`)."""
 
 
 @dataclass(slots=True)

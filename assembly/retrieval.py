@@ -19,7 +19,7 @@ long multi-session conversations need (``bench/assembly_quality.py`` measures it
   ("now", "current", "latest", ...), newer candidates gain (a changed fact is stated
   again later, in nearly the same words as the stale one).
 
-The result is a list of :class:`~assembly.window.Hit` whose scores only order them; the
+The result is a list of :class:`~ctxpipe.assembly.window.Hit` whose scores only order them; the
 window builder still blends in its own (small) recency weight and enforces the budget.
 Every search is tenant-filtered by the store and checked again here.
 """
@@ -36,12 +36,12 @@ from typing import Final, Literal
 
 import numpy as np
 
-from assembly.window import Hit
-from ctxpipe.errors import CtxPipeError
-from processors.types import Chunk
-from storage.hot import HotStore
-from storage.semantic.base import SemanticHit, SemanticStore
-from streams.events import EventKind, Role
+from ctxpipe.assembly.window import Hit
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.processors.types import Chunk
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.storage.semantic.base import SemanticHit, SemanticStore
+from ctxpipe.core.events import EventKind, Role
 
 log = logging.getLogger(__name__)
 _ID: Final = re.compile(r"[A-Za-z0-9]+(?:[-_/.][A-Za-z0-9]+)*")

@@ -9,7 +9,7 @@ Per request:
    scopes, tenant-filtered by the store), summary. A failing or slow tier makes the answer
    smaller and ``degraded``, never an error; an expired (or unreachable) hot scope is read
    through from the cold tier's snapshot, and an expired one refilled;
-3. build the window (:mod:`assembly.window`, pure) and answer;
+3. build the window (:mod:`ctxpipe.assembly.window`, pure) and answer;
 4. in the background: store the window in the cold tier and log it to Kafka.
 """
 
@@ -26,9 +26,9 @@ from typing import Any, Final, Generic, Protocol, Self, TypeVar, cast
 
 import orjson
 
-from assembly import allocation, metrics
-from assembly.anthropic_format import prefix_sha256
-from assembly.models import (
+from ctxpipe.assembly import allocation, metrics
+from ctxpipe.assembly.anthropic_format import prefix_sha256
+from ctxpipe.assembly.models import (
     SECTION_ORDER,
     ContextRequest,
     ContextResponse,
@@ -36,23 +36,23 @@ from assembly.models import (
     SectionName,
     TierName,
 )
-from assembly.retrieval import DEFAULT_RETRIEVAL, Retriever
-from assembly.window import Hit, Summary, Window, WindowConfig, build_window, minimum_budget
-from assembly.summary_source import StoredSummaries
-from assembly.exceptions import BudgetTooSmallError
-from assembly.query_embedder import QueryEmbedder
-from assembly.recording import WindowRecorder, new_trace_id
-from assembly.window_log import WindowLogReader
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import AssemblySettings, Settings
-from ctxpipe.tasks import cancel_and_wait
-from processors.embedding import CachedEmbedder, Embedder, make_query_embedder
-from processors.tokens import AnthropicTokenCounter, LocalTokenCounter, TokenCounter
-from processors.types import Chunk
-from storage.cold import ColdStore
-from storage.hot import HotStore
-from storage.hot import Watermark as HotWatermark
-from storage.semantic.base import SemanticStore
+from ctxpipe.assembly.retrieval import DEFAULT_RETRIEVAL, Retriever
+from ctxpipe.assembly.window import Hit, Summary, Window, WindowConfig, build_window, minimum_budget
+from ctxpipe.assembly.summary_source import StoredSummaries
+from ctxpipe.assembly.exceptions import BudgetTooSmallError
+from ctxpipe.assembly.query_embedder import QueryEmbedder
+from ctxpipe.assembly.recording import WindowRecorder, new_trace_id
+from ctxpipe.assembly.window_log import WindowLogReader
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import AssemblySettings, Settings
+from ctxpipe.core.tasks import cancel_and_wait
+from ctxpipe.processors.embedding import CachedEmbedder, Embedder, make_query_embedder
+from ctxpipe.processors.tokens import AnthropicTokenCounter, LocalTokenCounter, TokenCounter
+from ctxpipe.processors.types import Chunk
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.storage.hot import Watermark as HotWatermark
+from ctxpipe.storage.semantic.base import SemanticStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,7 +76,7 @@ class NoSummaries:
 
 
 class Tiers(Protocol):
-    """What the service needs from :class:`ctxpipe.runtime.Runtime`."""
+    """What the service needs from :class:`ctxpipe.app.runtime.Runtime`."""
 
     settings: Settings
     hot: HotStore
@@ -373,7 +373,7 @@ class AssemblyService:
             metrics.READ_THROUGH.labels(outcome="empty").inc()
             return hot
         metrics.READ_THROUGH.labels(outcome="hit").inc()
-        from streams.events import EventKind  # local: only this path needs it
+        from ctxpipe.core.events import EventKind  # local: only this path needs it
 
         recent = [c for c in chunks if c.kind is not EventKind.FACT][-self.config.recent_fetch_limit :]
         facts = [c for c in chunks if c.kind is EventKind.FACT]
@@ -394,7 +394,7 @@ class AssemblyService:
         self, request: ContextRequest, scopes: Sequence[str], main_turns: asyncio.Future[list[Chunk] | None]
     ) -> list[Hit]:
         vector = await self._query_vector(request.query)
-        # Candidates and their order: assembly.retrieval (the window enforces the budget).
+        # Candidates and their order: ctxpipe.assembly.retrieval (the window enforces the budget).
         hits = await self.retriever.retrieve(
             request.tenant, scopes, request.query, vector, self._query_vector, {request.scope: main_turns}
         )

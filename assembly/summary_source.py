@@ -22,12 +22,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from assembly.window import Summary
-from ctxpipe.errors import CtxPipeError
-from processors.summarize import SummaryRecord
-from storage.cold import ColdStore
-from storage.hot import HotStore
-from streams.summaries import SummaryStore
+from ctxpipe.assembly.window import Summary
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.processors.summarize import SummaryRecord
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.streams.summaries import SummaryStore
 
 log = logging.getLogger(__name__)
 SUMMARIZED_NOTE: Final = "Earlier parts of this conversation were summarized"
@@ -59,7 +59,7 @@ def as_window_summary(record: SummaryRecord) -> Summary:
 
 
 class StoredSummaries:
-    """:class:`assembly.service.SummaryProvider` over :class:`SummaryStore`."""
+    """:class:`ctxpipe.assembly.service.SummaryProvider` over :class:`SummaryStore`."""
 
     def __init__(self, store: SummaryStore, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store

@@ -19,7 +19,7 @@ Items are packed by *estimated* costs: a chunk's ``tokens`` (counted at ingest) 
 count of the text its rendering wraps it in, instead of counting every candidate's rendered
 text (most candidates never enter the window). With the local counter, and ``tokens`` counted
 by it, the estimate is an upper bound of the rendered count (:func:`chunk_cost`). Whatever
-the estimates, the window is then rendered (:mod:`assembly.anthropic_format`) and the placed
+the estimates, the window is then rendered (:mod:`ctxpipe.assembly.anthropic_format`) and the placed
 text counted exactly as it will be sent; if that count is over the budget (a counter that is
 not additive, a chunk whose ``tokens`` is stale), items are dropped in drop order until it
 fits, so ``used_tokens <= budget_tokens`` always holds.
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
-from assembly.anthropic_format import (
+from ctxpipe.assembly.anthropic_format import (
     BLOCK_OVERHEAD_TOKENS,
     MESSAGE_OVERHEAD_TOKENS,
     REQUEST_OVERHEAD_TOKENS,
@@ -50,11 +50,11 @@ from assembly.anthropic_format import (
     retrieved_text,
     summary_text,
 )
-from assembly.exceptions import BudgetTooSmallError
-from assembly.models import SECTION_ORDER, SectionName
-from processors.tokens import LocalTokenCounter, TokenCounter, truncate_to_tokens
-from processors.types import Chunk
-from streams.events import EventKind, Role
+from ctxpipe.assembly.exceptions import BudgetTooSmallError
+from ctxpipe.assembly.models import SECTION_ORDER, SectionName
+from ctxpipe.processors.tokens import LocalTokenCounter, TokenCounter, truncate_to_tokens
+from ctxpipe.processors.types import Chunk
+from ctxpipe.core.events import EventKind, Role
 
 # A summary cut below this many tokens says too little to be worth its framing.
 _MIN_SUMMARY_TOKENS: Final = 16
@@ -144,7 +144,7 @@ class _MemoCounter:
     def __init__(self, counter: TokenCounter) -> None:
         self._counter = counter
         self._memo: dict[str, int] = {}
-        # Chunks are counted at ingest with the local counter (processors.chunking): their
+        # Chunks are counted at ingest with the local counter (ctxpipe.processors.chunking): their
         # `tokens` is this counter's count only when this counter is the local one.
         self.trusts_chunk_tokens = type(counter) is LocalTokenCounter
 

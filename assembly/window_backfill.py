@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
 
-from assembly.recording import _MINUTE, _covers, batch_key, trace_minute, trace_time
-from assembly.window_log import record_owner, scan_windows
-from ctxpipe.settings import Settings
-from storage.cold import ColdStore, window_prefix
+from ctxpipe.assembly.recording import _MINUTE, _covers, batch_key, trace_minute, trace_time
+from ctxpipe.assembly.window_log import record_owner, scan_windows
+from ctxpipe.core.settings import Settings
+from ctxpipe.storage.cold import ColdStore, window_prefix
 
 log = logging.getLogger(__name__)
 _TRACE: Final = re.compile(rb'"trace_id":"([0-9a-f]{32})"')

@@ -21,8 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from assembly.exceptions import WindowLogUnavailableError
-from ctxpipe.settings import Settings
+from ctxpipe.assembly.exceptions import WindowLogUnavailableError
+from ctxpipe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class WindowLogReader:
         self._max = settings.assembly.record_topic_scan_max
 
     async def find(self, tenant: str, trace_id: str) -> bytes | None:
-        from assembly.recording import trace_time  # the recorder imports this module
+        from ctxpipe.assembly.recording import trace_time  # the recorder imports this module
 
         issued = trace_time(trace_id)
         if issued is None or self._max == 0:

@@ -5,7 +5,7 @@ process, the real query model. Run from the project root with the local stack up
 
 What is real and what is synthetic:
 
-* the service is the real one: uvicorn serving ``assembly.api.create_api`` over
+* the service is the real one: uvicorn serving ``ctxpipe.assembly.api.create_api`` over
   ``open_runtime(worker=False)`` in its own process on 127.0.0.1 (a free port), with
   Redis (hot), Qdrant Edge (semantic, in a child process of the server; ``onnx-inproc``:
   in it), S3 (window records) and Kafka (window log) of the local stack, every window
@@ -63,14 +63,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ctxpipe.settings import Settings, to_env  # noqa: E402
-from infra.testing import free_port, unique  # noqa: E402
-from processors.embedding import make_embedder  # noqa: E402
-from processors.tokens import LocalTokenCounter  # noqa: E402
-from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
-from storage.hot import HotStore  # noqa: E402
-from storage.semantic import EdgeSemanticStore  # noqa: E402
-from streams.events import EventKind, Role  # noqa: E402
+from ctxpipe.core.settings import Settings, to_env  # noqa: E402
+from ctxpipe.infra.testing import free_port, unique  # noqa: E402
+from ctxpipe.processors.embedding import make_embedder  # noqa: E402
+from ctxpipe.processors.tokens import LocalTokenCounter  # noqa: E402
+from ctxpipe.processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
+from ctxpipe.storage.hot import HotStore  # noqa: E402
+from ctxpipe.storage.semantic import EdgeSemanticStore  # noqa: E402
+from ctxpipe.core.events import EventKind, Role  # noqa: E402
 
 from benchkit import remove_run  # noqa: E402
 
@@ -80,8 +80,11 @@ HOT_TURNS = 40
 FACTS = 3
 KB_SHARE = 0.2  # of the corpus: knowledge-base passages, the rest conversation turns
 # name -> settings group -> field updates
+# Every config but "onnx-untuned" runs with CTX_INTERPRETER__TUNE=true (added below).
 CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "onnx": {"embedding": {"runtime": "onnx"}},
+    # The product's default: no interpreter tuning (ctxpipe.app.interpreter).
+    "onnx-untuned": {"embedding": {"runtime": "onnx"}, "interpreter": {"tune": False}},
     "torch": {"embedding": {"runtime": "torch"}},
     # The service as it was before the micro-batcher: one model call per query.
     "torch-nobatch": {"embedding": {"runtime": "torch", "query_max_batch": 1}},
@@ -92,19 +95,21 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     # Full-precision query vectors (the int8 copy of the model is the default).
     "onnx-fp32q": {"embedding": {"runtime": "onnx", "query_precision": "fp32"}},
     # Python's default GIL switch interval (5 ms) instead of the API's 1 ms.
-    "onnx-switch5": {"embedding": {"runtime": "onnx"}, "api": {"switch_interval_ms": 5.0}},
+    "onnx-switch5": {"embedding": {"runtime": "onnx"}, "interpreter": {"switch_interval_ms": 5.0}},
     # Python's collector threshold (700) in the API process instead of 50,000.
-    "onnx-gc700": {"embedding": {"runtime": "onnx"}, "api": {"gc_threshold": 0}},
+    "onnx-gc700": {"embedding": {"runtime": "onnx"}, "interpreter": {"gc_threshold": 0}},
     # No gc.freeze() of the start-up objects in the API process.
-    "onnx-nofreeze": {"embedding": {"runtime": "onnx"}, "api": {"gc_freeze": False}},
+    "onnx-nofreeze": {"embedding": {"runtime": "onnx"}, "interpreter": {"gc_freeze": False}},
     # No cache of the chunks read back from Edge (CTX_QDRANT__DOC_CACHE_POINTS=0).
     "onnx-nocache": {"embedding": {"runtime": "onnx"}, "qdrant": {"doc_cache_points": 0}},
     # Qdrant Edge inside the server process.
     "onnx-inproc": {"embedding": {"runtime": "onnx"}, "qdrant": {"edge_process": False}},
     # The three of these at once: the service's settings before they existed.
     "onnx-before": {"embedding": {"runtime": "onnx", "query_precision": "fp32"},
-                    "api": {"switch_interval_ms": 5.0}, "qdrant": {"edge_process": False}},
+                    "interpreter": {"switch_interval_ms": 5.0}, "qdrant": {"edge_process": False}},
 }
+for _config in CONFIGS.values():
+    _config["interpreter"] = {"tune": True, **_config.get("interpreter", {})}
 # Event loop of the server per config (uvicorn's names); uvloop unless named here.
 LOOPS: dict[str, str] = {"onnx-asyncio": "asyncio"}
 
@@ -245,8 +250,8 @@ async def embed_capacity(settings: Settings) -> None:
     """The query-embedding path alone (no HTTP, no tiers), side by side: one query at a
     time, and 256 distinct queries at once through the micro-batcher (batch 1 vs 32), for
     the full-precision ONNX model, the int8 copy the API uses for queries, and torch."""
-    from assembly.query_embedder import QueryEmbedder
-    from processors.embedding import make_query_embedder
+    from ctxpipe.assembly.query_embedder import QueryEmbedder
+    from ctxpipe.processors.embedding import make_query_embedder
 
     rng = random.Random(3)
     onnx = make_embedder(settings.embedding.model_copy(update={"runtime": "onnx"}))
@@ -389,12 +394,25 @@ def saturated(rows: list[dict[str, Any]]) -> tuple[float, float]:
 def serve(port: int, loop: str) -> None:
     import uvicorn
 
-    from assembly.api import create_api
-    from ctxpipe.runtime import open_runtime
+    from ctxpipe.app.interpreter import tuned_interpreter
+    from ctxpipe.app.runtime import open_runtime
+    from ctxpipe.assembly.api import create_api
 
     settings = Settings()
     api = create_api(lambda: open_runtime(settings, worker=False))
-    uvicorn.run(api, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop=loop)
+    config = uvicorn.Config(api, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop=loop)
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        # As `ctxpipe serve` does: the interpreter is tuned (when asked) once the API is up.
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        with tuned_interpreter(settings.interpreter):
+            await task
+
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(run())
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ Metric: a question counts as found when *all* its supporting turns are inside th
 * ``dense``: top-k by dense cosine only (no BM25, no recency), filling the budget;
 * ``service-legacy``: the assembly service with the retrieval it shipped with (one
   hybrid search of 40, recency-blended);
-* ``service``: the assembly service as configured now (:mod:`assembly.retrieval`),
+* ``service``: the assembly service as configured now (:mod:`ctxpipe.assembly.retrieval`),
   queries embedded by the int8 copy of the model (``embedding.query_precision``);
 * ``service fp32 queries``: the same with full-precision query vectors;
 * ablations of the service's retrieval, one knob off at a time.
@@ -45,17 +45,17 @@ import orjson
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assembly.models import ContextRequest  # noqa: E402
-from assembly.retrieval import DEFAULT_RETRIEVAL, LEGACY_RETRIEVAL, RetrievalConfig, Retriever  # noqa: E402
-from assembly.service import AssemblyService  # noqa: E402
-from assembly.window import Hit, Summary, WindowConfig, build_window  # noqa: E402
+from ctxpipe.assembly.models import ContextRequest  # noqa: E402
+from ctxpipe.assembly.retrieval import DEFAULT_RETRIEVAL, LEGACY_RETRIEVAL, RetrievalConfig, Retriever  # noqa: E402
+from ctxpipe.assembly.service import AssemblyService  # noqa: E402
+from ctxpipe.assembly.window import Hit, Summary, WindowConfig, build_window  # noqa: E402
 from bench.quality_data import QUESTION_TYPES, Dataset, Question, make_dataset  # noqa: E402
-from ctxpipe.runtime import Runtime, open_runtime  # noqa: E402
-from ctxpipe.settings import Settings  # noqa: E402
-from infra.stack import Stack  # noqa: E402
-from processors.tokens import LocalTokenCounter  # noqa: E402
-from processors.types import Chunk  # noqa: E402
-from streams.records import RawRecord  # noqa: E402
+from ctxpipe.app.runtime import Runtime, open_runtime  # noqa: E402
+from ctxpipe.core.settings import Settings  # noqa: E402
+from ctxpipe.infra.stack import Stack  # noqa: E402
+from ctxpipe.processors.tokens import LocalTokenCounter  # noqa: E402
+from ctxpipe.processors.types import Chunk  # noqa: E402
+from ctxpipe.streams.records import RawRecord  # noqa: E402
 
 from benchkit import isolated_settings, remove_run  # noqa: E402
 

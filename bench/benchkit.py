@@ -8,12 +8,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ctxpipe.runtime import open_runtime
-from ctxpipe.settings import Settings
-from processors.embedding import Embedder
-from storage.cold import s3_client
-from streams.publisher import Publisher
-from streams.topics import ensure_topics
+from ctxpipe.app.runtime import open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.processors.embedding import Embedder
+from ctxpipe.storage.cold import s3_client
+from ctxpipe.streams.publisher import Publisher
+from ctxpipe.streams.topics import ensure_topics
 
 
 async def remove_run(settings: Settings, tag: str) -> None:

@@ -45,13 +45,13 @@ sys.path[:0] = [str(ROOT)]
 
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
-from ctxpipe.settings import Settings, to_env  # noqa: E402
-from infra.stack import Stack  # noqa: E402
-from infra.testing import free_port, isolated_stack_settings  # noqa: E402
-from storage.exceptions import StorageUnavailableError  # noqa: E402
-from storage.hot import HotStore  # noqa: E402
-from streams.events import EventPosition  # noqa: E402
-from streams.publisher import Publisher  # noqa: E402
+from ctxpipe.core.settings import Settings, to_env  # noqa: E402
+from ctxpipe.infra.stack import Stack  # noqa: E402
+from ctxpipe.infra.testing import free_port, isolated_stack_settings  # noqa: E402
+from ctxpipe.storage.exceptions import StorageUnavailableError  # noqa: E402
+from ctxpipe.storage.hot import HotStore  # noqa: E402
+from ctxpipe.core.events import EventPosition  # noqa: E402
+from ctxpipe.streams.publisher import Publisher  # noqa: E402
 
 TENANT = "chaos"
 LONG_TENANT = "😀" * 64  # valid, 256 bytes: hashed storage names

@@ -37,14 +37,14 @@ import qdrant_edge as qe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assembly.retrieval import DEFAULT_RETRIEVAL, expanded_query  # noqa: E402
-from ctxpipe.settings import QdrantSettings  # noqa: E402
-from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
-from storage.semantic import EdgeSemanticStore  # noqa: E402
-from storage.semantic import edge as edge_module  # noqa: E402
-from storage.semantic.base import DENSE, SPARSE, SearchSpec, chunk_payload  # noqa: E402
-from storage.semantic.sparse import DEFAULT_ENCODER  # noqa: E402
-from streams.events import EventKind  # noqa: E402
+from ctxpipe.assembly.retrieval import DEFAULT_RETRIEVAL, expanded_query  # noqa: E402
+from ctxpipe.core.settings import QdrantSettings  # noqa: E402
+from ctxpipe.processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
+from ctxpipe.storage.semantic import EdgeSemanticStore  # noqa: E402
+from ctxpipe.storage.semantic import edge as edge_module  # noqa: E402
+from ctxpipe.storage.semantic.base import DENSE, SPARSE, SearchSpec, chunk_payload  # noqa: E402
+from ctxpipe.storage.semantic.sparse import DEFAULT_ENCODER  # noqa: E402
+from ctxpipe.core.events import EventKind  # noqa: E402
 
 DIM = 384
 # Both layouts search with the service's thread count.

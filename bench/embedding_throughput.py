@@ -3,7 +3,7 @@
     python bench/embedding_throughput.py [--texts 2000] [--threads N] [--batch-sizes 1,16,64]
 
 Encodes ~2000 short synthetic texts at each batch size and prints texts/s. Uses the same
-loader as production (processors.embedding: bundled weights, offline, torch threads set
+loader as production (ctxpipe.processors.embedding: bundled weights, offline, torch threads set
 once per process), so the numbers are what the ingest worker gets per core budget.
 """
 
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from ctxpipe.settings import EmbeddingSettings  # noqa: E402
-from processors.embedding import SentenceTransformerEmbedder, default_torch_threads  # noqa: E402
+from ctxpipe.core.settings import EmbeddingSettings  # noqa: E402
+from ctxpipe.processors.embedding import SentenceTransformerEmbedder, default_torch_threads  # noqa: E402
 
 _SUBJECTS = ["The customer", "Our billing system", "The support agent", "A refund request", "The deployment"]
 _VERBS = ["reported", "failed to process", "escalated", "approved", "rolled back", "summarized"]

@@ -26,11 +26,11 @@ from redis.asyncio.connection import _AsyncHiredisParser, _AsyncRESP3Parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ctxpipe.settings import Settings  # noqa: E402
-from processors.tokens import LocalTokenCounter  # noqa: E402
-from processors.types import Chunk, chunk_id  # noqa: E402
-from storage.hot import HotStore  # noqa: E402
-from streams.events import EventKind, Role  # noqa: E402
+from ctxpipe.core.settings import Settings  # noqa: E402
+from ctxpipe.processors.tokens import LocalTokenCounter  # noqa: E402
+from ctxpipe.processors.types import Chunk, chunk_id  # noqa: E402
+from ctxpipe.storage.hot import HotStore  # noqa: E402
+from ctxpipe.core.events import EventKind, Role  # noqa: E402
 
 from benchkit import remove_redis_keys  # noqa: E402
 

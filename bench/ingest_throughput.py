@@ -2,7 +2,7 @@
 
     python bench/ingest_throughput.py [--events 2000]
 
-Needs the local stack (``python -m infra up``; started here if it is not running).
+Needs the local stack (``python -m ctxpipe.infra up``; started here if it is not running).
 Three numbers, measured side by side on the same texts:
 1. raw: the embedding model alone (texts/s) in the runtime the pipeline uses
    (CTX_EMBEDDING__RUNTIME, ONNX by default), batched as the pipeline batches; torch too,
@@ -25,9 +25,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ctxpipe.settings import Settings  # noqa: E402
-from infra.stack import Stack  # noqa: E402
-from processors.embedding import Embedder, SentenceTransformerEmbedder, make_embedder  # noqa: E402
+from ctxpipe.core.settings import Settings  # noqa: E402
+from ctxpipe.infra.stack import Stack  # noqa: E402
+from ctxpipe.processors.embedding import Embedder, SentenceTransformerEmbedder, make_embedder  # noqa: E402
 
 from benchkit import isolated_settings, live_ingest_rate, make_messages, remove_run  # noqa: E402
 

@@ -10,7 +10,7 @@ a user's scope holds the sessions of all its questions (so the other questions' 
 are the haystack), in date order. Users with an even number are ``dev``, odd ``test``.
 
 The turns go the production way: published to the run's source topic with
-``streams.publisher.Publisher``, ingested by the worker (validate, chunk, embed with the
+``ctxpipe.streams.publisher.Publisher``, ingested by the worker (validate, chunk, embed with the
 real model, Redis + Qdrant Edge + S3), waited for until applied. Then every question goes
 to ``POST /v1/context`` through the real FastAPI app (httpx ASGI transport).
 
@@ -50,15 +50,15 @@ import orjson
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assembly.api import create_api  # noqa: E402
-from assembly.retrieval import DEFAULT_RETRIEVAL, Retriever  # noqa: E402
-from assembly.service import AssemblyService  # noqa: E402
-from ctxpipe.runtime import Runtime, open_runtime  # noqa: E402
-from ctxpipe.settings import AssemblySettings, Settings  # noqa: E402
-from infra.stack import Stack  # noqa: E402
-from processors.tokens import LocalTokenCounter  # noqa: E402
-from streams.publisher import Publisher  # noqa: E402
-from streams.topics import ensure_topics  # noqa: E402
+from ctxpipe.assembly.api import create_api  # noqa: E402
+from ctxpipe.assembly.retrieval import DEFAULT_RETRIEVAL, Retriever  # noqa: E402
+from ctxpipe.assembly.service import AssemblyService  # noqa: E402
+from ctxpipe.app.runtime import Runtime, open_runtime  # noqa: E402
+from ctxpipe.core.settings import AssemblySettings, Settings  # noqa: E402
+from ctxpipe.infra.stack import Stack  # noqa: E402
+from ctxpipe.processors.tokens import LocalTokenCounter  # noqa: E402
+from ctxpipe.streams.publisher import Publisher  # noqa: E402
+from ctxpipe.streams.topics import ensure_topics  # noqa: E402
 
 from benchkit import isolated_settings, remove_run  # noqa: E402
 

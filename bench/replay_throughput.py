@@ -2,7 +2,7 @@
 
     python bench/replay_throughput.py [--events 1000] [--model minilm|hash]
 
-Needs the local stack (``python -m infra up``; started here if it is not running).
+Needs the local stack (``python -m ctxpipe.infra up``; started here if it is not running).
 1. live: a running worker ingests freshly published events (Kafka -> validate, chunk,
    embed, Redis, Qdrant Edge, S3), start of publishing to the last applied position;
 2. replay (warm cache): the same range into a new version, same chunking (every vector
@@ -22,11 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ctxpipe.settings import Settings  # noqa: E402
-from ctxpipe.versions import VersionRegistry  # noqa: E402
-from infra.stack import Stack  # noqa: E402
-from processors.embedding import Embedder, HashEmbedder, make_embedder  # noqa: E402
-from streams.replay import Replayer  # noqa: E402
+from ctxpipe.core.settings import Settings  # noqa: E402
+from ctxpipe.storage.versions import VersionRegistry  # noqa: E402
+from ctxpipe.infra.stack import Stack  # noqa: E402
+from ctxpipe.processors.embedding import Embedder, HashEmbedder, make_embedder  # noqa: E402
+from ctxpipe.streams.replay import Replayer  # noqa: E402
 
 from benchkit import isolated_settings, live_ingest_rate, make_messages, remove_run  # noqa: E402
 

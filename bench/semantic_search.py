@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
-from storage.semantic import EdgeSemanticStore  # noqa: E402
-from streams.events import EventKind  # noqa: E402
+from ctxpipe.processors.types import Chunk, EmbeddedChunk, chunk_id  # noqa: E402
+from ctxpipe.storage.semantic import EdgeSemanticStore  # noqa: E402
+from ctxpipe.core.events import EventKind  # noqa: E402
 
 DIM = 384
 BATCH = 2_000

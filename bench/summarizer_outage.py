@@ -3,7 +3,7 @@ down, side by side in one run.
 
     python bench/summarizer_outage.py [--events 3000] [--scopes 30] [--requests 200] [--rounds 2]
 
-Needs the local stack (``python -m infra up``; started here if it is not running).
+Needs the local stack (``python -m ctxpipe.infra up``; started here if it is not running).
 "healthy": Claude through the real ``anthropic`` client against the loopback fake Messages
 API (tests/fakes/anthropic_server.py, in a child process so its work does not share our
 interpreter; ``--api-latency`` seconds per answer). "down": the same client pointed at a
@@ -47,13 +47,13 @@ sys.path.append(str(ROOT / "tests"))
 from fakes.anthropic_server import closed_port  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from assembly.models import ContextRequest  # noqa: E402
-from assembly.service import AssemblyService  # noqa: E402
-from ctxpipe.runtime import open_runtime  # noqa: E402
-from ctxpipe.settings import Settings  # noqa: E402
-from infra.stack import Stack  # noqa: E402
-from processors.embedding import HashEmbedder  # noqa: E402
-from streams.publisher import Publisher  # noqa: E402
+from ctxpipe.assembly.models import ContextRequest  # noqa: E402
+from ctxpipe.assembly.service import AssemblyService  # noqa: E402
+from ctxpipe.app.runtime import open_runtime  # noqa: E402
+from ctxpipe.core.settings import Settings  # noqa: E402
+from ctxpipe.infra.stack import Stack  # noqa: E402
+from ctxpipe.processors.embedding import HashEmbedder  # noqa: E402
+from ctxpipe.streams.publisher import Publisher  # noqa: E402
 
 from benchkit import isolated_settings, remove_run  # noqa: E402
 
@@ -196,7 +196,7 @@ async def main() -> None:
     args = ap.parse_args()
 
     # Every failed call in "down" logs a warning: expected here, and noise on the console.
-    logging.getLogger("processors.summarize").setLevel(logging.ERROR)
+    logging.getLogger("ctxpipe.processors.summarize").setLevel(logging.ERROR)
     base = Settings()
     Stack(base).up()
     fake, fake_url = _start_fake(args.api_latency)

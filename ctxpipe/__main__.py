@@ -1,5 +1,5 @@
 import sys
 
-from ctxpipe.cli import main
+from ctxpipe.app.cli import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""``python -m infra up|down|status|restart``: the local stack from the shell.
+"""``python -m ctxpipe.infra up|down|status|restart``: the local stack from the shell.
 
 Errors print one line, ``error: <what is wrong and what to do>``, and exit 1.
 """
@@ -11,13 +11,13 @@ import time
 
 from pydantic import ValidationError
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import Settings
-from infra.stack import SERVICES, Stack
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import Settings
+from ctxpipe.infra.stack import SERVICES, Stack
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ctxpipe.infra", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     for cmd, text in (("up", "start what is not running"), ("down", "stop what we started"),
                       ("status", "one line per service")):
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         where = ".".join(str(x) for x in first["loc"])
         print(f"error: invalid CTX_* setting {where}: {first['msg']}", file=sys.stderr)
     except KeyboardInterrupt:
-        print("error: interrupted; run `python -m infra status` to see what is running",
+        print("error: interrupted; run `python -m ctxpipe.infra status` to see what is running",
               file=sys.stderr)
         return 130
     return 1

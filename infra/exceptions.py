@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ctxpipe.errors import CtxPipeError
+from ctxpipe.core.errors import CtxPipeError
 
 
 class StackError(CtxPipeError):

@@ -5,7 +5,7 @@ the package once with ``apt-get`` (running ``apt-get update`` first when the pac
 empty, and again when the package is not found in stale lists), without starting the
 service the package ships (we run our own server on our own port). When that is impossible
 (no apt-get, not root and no password-less sudo, no network) it raises one
-:class:`~infra.exceptions.PackageInstallError` that says what to run by hand.
+:class:`~ctxpipe.infra.exceptions.PackageInstallError` that says what to run by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from infra.exceptions import PackageInstallError
+from ctxpipe.infra.exceptions import PackageInstallError
 
 APT_LISTS = Path("/var/lib/apt/lists")
 # Debian's hook for "may a package's maintainer script start its service?": exit 101 = no.

@@ -17,9 +17,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctxpipe.settings import PROJECT_ROOT
-from infra.exceptions import ServiceExitedError, StackError, StartupTimeoutError
-from infra.testing import free_port
+from ctxpipe.core.settings import PROJECT_ROOT
+from ctxpipe.infra.exceptions import ServiceExitedError, StackError, StartupTimeoutError
+from ctxpipe.infra.testing import free_port
 
 DEFAULT_BIN = PROJECT_ROOT.parent / "shared" / "bin" / "qdrant"
 

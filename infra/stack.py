@@ -46,9 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ctxpipe.settings import Settings
-from infra import packages
-from infra.exceptions import (
+from ctxpipe.core.settings import Settings
+from ctxpipe.infra import packages
+from ctxpipe.infra.exceptions import (
     DownloadError,
     JavaNotFoundError,
     MavenNotFoundError,
@@ -658,7 +658,7 @@ def _s3_list_buckets(settings: Settings, timeout_s: float) -> bool:
     # Imported here: boto3 costs ~0.3 s and the CLI often does not need it.
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from storage.cold import s3_client
+    from ctxpipe.storage.cold import s3_client
 
     client = s3_client(settings.s3, max_attempts=1, connect_timeout_s=timeout_s, read_timeout_s=timeout_s)
     try:

@@ -8,8 +8,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ctxpipe.settings import Settings
-from infra.exceptions import StackError
+from ctxpipe.core.settings import Settings
+from ctxpipe.infra.exceptions import StackError
 
 
 def unique(prefix: str) -> str:

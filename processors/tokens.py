@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
-from processors.exceptions import TokenCountError
+from ctxpipe.processors.exceptions import TokenCountError
 
 if TYPE_CHECKING:
     import anthropic

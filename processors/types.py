@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from streams.events import EventKind, Role
+from ctxpipe.core.events import EventKind, Role
 
 # A fixed namespace so chunk ids are the same on every machine and every replay.
 _CHUNK_NAMESPACE = uuid.UUID("6f1c1f6e-6a43-4b4e-9a3b-1b7c2f0d9e11")

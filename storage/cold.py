@@ -32,11 +32,11 @@ from botocore import exceptions as boto_errors
 from botocore.config import Config
 from pydantic import ValidationError
 
-from ctxpipe.settings import S3Settings
-from processors.types import Chunk
-from storage.base import AsyncCloseable
-from storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
-from storage.names import MAX_SEGMENT_BYTES, safe_segment
+from ctxpipe.core.settings import S3Settings
+from ctxpipe.processors.types import Chunk
+from ctxpipe.storage.base import AsyncCloseable
+from ctxpipe.storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
+from ctxpipe.storage.names import MAX_SEGMENT_BYTES, safe_segment
 
 _TIER: Final = "cold"
 # No S3 type stubs (mypy_boto3_s3) are installed; the client is dynamically typed.
@@ -61,12 +61,12 @@ class ArchivedRecord(NamedTuple):
 
 
 def _seg(value: str, what: str, suffix: str = "") -> str:
-    # One key segment, with room for its suffix; long or odd names are hashed (storage.names).
+    # One key segment, with room for its suffix; long or odd names are hashed (ctxpipe.storage.names).
     return safe_segment(value, what, max_bytes=MAX_SEGMENT_BYTES - len(suffix)) + suffix
 
 
 def key_segment(value: str, what: str) -> str:
-    """``value`` as one safe object-key segment (:func:`storage.names.safe_segment`)."""
+    """``value`` as one safe object-key segment (:func:`ctxpipe.storage.names.safe_segment`)."""
     return _seg(value, what)
 
 

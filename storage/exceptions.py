@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ctxpipe.errors import CtxPipeError
+from ctxpipe.core.errors import CtxPipeError
 
 Tier = Literal["hot", "semantic", "cold"]
 

@@ -8,7 +8,7 @@ tenants' keys collide; every tenant key starts with ``{prefix}:{tenant}:``)::
     {p}:{tenant}:s:{scope}:data    HASH  member -> Chunk JSON
     {p}:{tenant}:s:{scope}:src     HASH  member -> "{version}:{source_id}" (for remove_source)
     {p}:{tenant}:s:{scope}:meta    HASH  watermark (partition, offset, at) + created
-    {p}:{tenant}:s:{scope}:summary HASH  latest running summary (streams.summaries)
+    {p}:{tenant}:s:{scope}:summary HASH  latest running summary (ctxpipe.streams.summaries)
     {p}:{tenant}:docver            HASH  doc_id -> newest stored document version (guard:
                                          an older version arriving later is ignored)
     {p}::applied:{topic}           HASH  partition -> highest applied offset (no tenant:
@@ -44,11 +44,11 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis import exceptions as redis_errors
 
-from ctxpipe.settings import RedisSettings
-from processors.types import Chunk
-from storage.base import AsyncCloseable
-from storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
-from streams.events import EventKind
+from ctxpipe.core.settings import RedisSettings
+from ctxpipe.processors.types import Chunk
+from ctxpipe.storage.base import AsyncCloseable
+from ctxpipe.storage.exceptions import StorageDataError, StorageError, StorageUnavailableError
+from ctxpipe.core.events import EventKind
 
 _TIER: Final = "hot"
 # Lua 5.1's unpack() is limited by its C stack (~8000); stay well under it.
@@ -301,7 +301,7 @@ class HotStore(_RedisOwner):
         return [base + name for name in ("items", "facts", "data", "src", "meta")]
 
     def summary_key(self, tenant: str, scope: str) -> str:
-        """The scope's latest running summary (written by :mod:`streams.summaries`); it
+        """The scope's latest running summary (written by :mod:`ctxpipe.streams.summaries`); it
         expires with the scope's other keys, which every write of the scope refreshes."""
         return f"{self.tenant_prefix(tenant)}s:{_seg(scope, 'scope')}:summary"
 
@@ -355,7 +355,7 @@ class HotStore(_RedisOwner):
                         ]
                     await self._upsert(keys=self._write_keys(tenant, scope), args=args, client=pipe)
                 if groups:
-                    # Written scopes wait here until storage.snapshots copies them to the cold tier.
+                    # Written scopes wait here until ctxpipe.storage.snapshots copies them to the cold tier.
                     await pipe.zadd(self._written_key(), {_scope_member(t, s): float(now) for t, s in groups})
                 if applied_offsets:
                     await self._queue_applied(pipe, applied_offsets, topic)

@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import redis.asyncio as aioredis
 
-from ctxpipe.settings import RedisSettings
-from storage.hot import translate_redis_errors
+from ctxpipe.core.settings import RedisSettings
+from ctxpipe.storage.hot import translate_redis_errors
 
 Position = tuple[int, int]  # (partition, offset)
 

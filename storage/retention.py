@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from qdrant_client import AsyncQdrantClient
 
-from ctxpipe.settings import Settings
-from ctxpipe.versions import VersionInfo, VersionRegistry, VersionStatus, version_settings
-from storage.hot import translate_redis_errors
+from ctxpipe.core.settings import Settings
+from ctxpipe.storage.versions import VersionInfo, VersionRegistry, VersionStatus, version_settings
+from ctxpipe.storage.hot import translate_redis_errors
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import RedisSettings
-from storage.cold import ColdStore
-from storage.hot import HotStore
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import RedisSettings
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import HotStore
 
 log = logging.getLogger(__name__)
 

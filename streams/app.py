@@ -20,9 +20,9 @@ from typing import Any, Protocol, cast
 import faust
 from faust.contrib.asgi import faust_app_running
 
-from ctxpipe.settings import KafkaSettings
-from streams.ingest import BatchResult
-from streams.records import RawRecord
+from ctxpipe.core.settings import KafkaSettings
+from ctxpipe.streams.ingest import BatchResult
+from ctxpipe.streams.records import RawRecord
 
 log = logging.getLogger(__name__)
 

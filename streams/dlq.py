@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaProducer
 
-from streams.records import RawRecord
+from ctxpipe.streams.records import RawRecord
 
 
 class KafkaDeadLetterSink:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from ctxpipe.errors import CtxPipeError
+from ctxpipe.core.errors import CtxPipeError
 
 
 class StageFailed(CtxPipeError):
     """One ingest stage failed for a batch; ``stage`` names it, ``__cause__`` is why.
 
     Retriable as its cause is: an outage stalls the stream, anything else makes the
-    worker look for the record that caused it (streams.ingest)."""
+    worker look for the record that caused it (ctxpipe.streams.ingest)."""
 
     def __init__(self, stage: str, cause: BaseException) -> None:
         super().__init__(f"{stage}: {type(cause).__name__}: {cause}")

@@ -1,6 +1,6 @@
 """One batch of source records through validate -> chunk -> embed -> store.
 
-Engine-agnostic: the faust agent (``streams.app``) feeds it batches and acks them only
+Engine-agnostic: the faust agent (``ctxpipe.streams.app``) feeds it batches and acks them only
 after :meth:`IngestPipeline.process` returns, so a crash replays the batch. Every sink is
 idempotent (deterministic ids, upserts, overwrite-by-range archive objects), which turns
 at-least-once delivery into exactly-once state.
@@ -18,23 +18,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
-from ctxpipe.errors import ConfigurationError
+from ctxpipe.core.errors import ConfigurationError
 
-from processors.chunking import ChunkingSettings, chunk_event
-from processors.embedding import CachedEmbedder
-from processors.tokens import TokenCounter
-from processors.types import Chunk, EmbeddedChunk
-from storage.cold import ArchivedRecord, ColdStore
-from storage.hot import HotStore
-from storage.ledger import EventLedger
-from storage.semantic.base import SemanticStore
-from storage.semantic.exceptions import SemanticSchemaError, SemanticStoreClosed, SemanticStoreLocked
-from streams import metrics
-from streams.events import EventKind, SourceEvent
-from streams.exceptions import StageFailed, SystemicFailure
-from streams.records import RawRecord
-from streams.retry import with_retries
-from streams.validation import Rejection, parse_event
+from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
+from ctxpipe.processors.embedding import CachedEmbedder
+from ctxpipe.processors.tokens import TokenCounter
+from ctxpipe.processors.types import Chunk, EmbeddedChunk
+from ctxpipe.storage.cold import ArchivedRecord, ColdStore
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.storage.ledger import EventLedger
+from ctxpipe.storage.semantic.base import SemanticStore
+from ctxpipe.storage.semantic.exceptions import SemanticSchemaError, SemanticStoreClosed, SemanticStoreLocked
+from ctxpipe.streams import metrics
+from ctxpipe.core.events import EventKind, SourceEvent
+from ctxpipe.streams.exceptions import StageFailed, SystemicFailure
+from ctxpipe.streams.records import RawRecord
+from ctxpipe.streams.retry import with_retries
+from ctxpipe.streams.validation import Rejection, parse_event
 
 log = logging.getLogger(__name__)
 

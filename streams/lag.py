@@ -22,10 +22,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import KafkaSettings
-from storage.hot import HotStore
-from streams.metrics import CONSUMER_LAG
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import KafkaSettings
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.streams.metrics import CONSUMER_LAG
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from ctxpipe.settings import KafkaSettings
-from streams.events import EventPosition, SourceEvent
+from ctxpipe.core.settings import KafkaSettings
+from ctxpipe.core.events import EventPosition, SourceEvent
 
 
 class Publisher:

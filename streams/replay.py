@@ -32,9 +32,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import Settings
-from ctxpipe.versions import (
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import Settings
+from ctxpipe.storage.versions import (
     VersionError,
     VersionInfo,
     VersionRegistry,
@@ -42,16 +42,16 @@ from ctxpipe.versions import (
     version_settings,
     version_stores,
 )
-from processors.chunking import ChunkingSettings
-from processors.embedding import CachedEmbedder, Embedder, make_embedder
-from processors.tokens import LocalTokenCounter
-from storage.cold import ArchivedRecord, ColdStore
-from storage.hot import EmbeddingCacheRedis, HotStore
-from storage.ledger import EventLedger
-from storage.semantic.base import SemanticStore
-from streams.ingest import IngestPipeline
-from streams.records import RawRecord
-from streams.summaries import SummaryStore, decode_summary
+from ctxpipe.processors.chunking import ChunkingSettings
+from ctxpipe.processors.embedding import CachedEmbedder, Embedder, make_embedder
+from ctxpipe.processors.tokens import LocalTokenCounter
+from ctxpipe.storage.cold import ArchivedRecord, ColdStore
+from ctxpipe.storage.hot import EmbeddingCacheRedis, HotStore
+from ctxpipe.storage.ledger import EventLedger
+from ctxpipe.storage.semantic.base import SemanticStore
+from ctxpipe.streams.ingest import IngestPipeline
+from ctxpipe.streams.records import RawRecord
+from ctxpipe.streams.summaries import SummaryStore, decode_summary
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class Replayer:
         """Apply the source topic's records in ``[start, end)`` per partition to this
         version's open stores, by the replay's rules (the archive read, not written; rejects
         not dead-lettered again), and raise its applied offsets to ``end``. The gap a live
-        worker left in a version it moves on to (:class:`ctxpipe.runtime.PipelineFollower`).
+        worker left in a version it moves on to (:class:`ctxpipe.app.runtime.PipelineFollower`).
         Returns how many records were applied."""
         topic = self.settings.kafka.source_topic
         applied = 0

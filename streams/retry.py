@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from streams.metrics import SINK_RETRIES
+from ctxpipe.streams.metrics import SINK_RETRIES
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

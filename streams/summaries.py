@@ -45,23 +45,23 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import KafkaSettings, Settings, SummarizerSettings
-from ctxpipe.tasks import cancel_and_wait
-from processors.chunking import ChunkingSettings, chunk_event
-from processors.summarize import ResilientSummarizer, SummaryRecord
-from processors.summarize.prompt import DOCUMENT_PROMPT_VERSION
-from processors.tokens import LocalTokenCounter, TokenCounter
-from processors.types import Chunk
-from storage.cold import ColdStore, summary_key
-from storage.exceptions import StorageDataError
-from storage.hot import HotStore, translate_redis_errors
-from storage.names import safe_segment
-from streams.events import EventKind, SourceEvent
-from streams.ingest import BatchResult, IngestPipeline
-from streams.records import RawRecord
-from streams.topics import ensure_topics
-from streams.validation import Rejection, parse_event
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import KafkaSettings, Settings, SummarizerSettings
+from ctxpipe.core.tasks import cancel_and_wait
+from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
+from ctxpipe.processors.summarize import ResilientSummarizer, SummaryRecord
+from ctxpipe.processors.summarize.prompt import DOCUMENT_PROMPT_VERSION
+from ctxpipe.processors.tokens import LocalTokenCounter, TokenCounter
+from ctxpipe.processors.types import Chunk
+from ctxpipe.storage.cold import ColdStore, summary_key
+from ctxpipe.storage.exceptions import StorageDataError
+from ctxpipe.storage.hot import HotStore, translate_redis_errors
+from ctxpipe.storage.names import safe_segment
+from ctxpipe.core.events import EventKind, SourceEvent
+from ctxpipe.streams.ingest import BatchResult, IngestPipeline
+from ctxpipe.streams.records import RawRecord
+from ctxpipe.streams.topics import ensure_topics
+from ctxpipe.streams.validation import Rejection, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class SummaryPublisher(Protocol):
 def doc_summary_key(tenant: str, doc_id: str) -> str:
     if not tenant or not doc_id:
         raise ValueError("tenant and doc_id must be non-empty")
-    # Same naming as the cold tier's keys: long or odd names are hashed (storage.names).
+    # Same naming as the cold tier's keys: long or odd names are hashed (ctxpipe.storage.names).
     return f"doc-summaries/{safe_segment(tenant, 'tenant')}/{safe_segment(doc_id, 'doc_id', max_bytes=250)}.json"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from ctxpipe.settings import KafkaSettings
+from ctxpipe.core.settings import KafkaSettings
 
 
 def pipeline_topics(settings: KafkaSettings) -> list[str]:

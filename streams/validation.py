@@ -14,7 +14,7 @@ from typing import Any, Final
 import orjson
 from pydantic import ValidationError
 
-from streams.events import MAX_EVENT_BYTES, SourceEvent
+from ctxpipe.core.events import MAX_EVENT_BYTES, SourceEvent
 
 # orjson reads an integer beyond 64 bits as a float, silently. Such an integer has at
 # least 19 digits (below -2**63): only then is the text parsed again with the standard library, which

@@ -1,7 +1,7 @@
 """Shared fixtures: the real local stack (Kafka, Redis, S3Proxy) and per-test isolation.
 
 The stack starts only when a test asks for ``stack`` (directly or through ``settings``,
-``kafka_settings``...). A stack that already runs (``python -m infra up``) is reused and left
+``kafka_settings``...). A stack that already runs (``python -m ctxpipe.infra up``) is reused and left
 running; what this session started is stopped at the end. Each test gets its own topics,
 consumer group, Redis key prefix, S3 bucket and Qdrant Edge folder, so tests never see
 each other's data.
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import KafkaSettings, RedisSettings, S3Settings, Settings
-from infra.stack import Stack
-from infra.testing import check_created, unique, wait_for_topics
-from storage.cold import s3_client
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import KafkaSettings, RedisSettings, S3Settings, Settings
+from ctxpipe.infra.stack import Stack
+from ctxpipe.infra.testing import check_created, unique, wait_for_topics
+from ctxpipe.storage.cold import s3_client
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,19 +1,19 @@
 """Running summaries: Claude (resilient) with an offline extractive fallback."""
 
-from processors.summarize.breaker import BreakerState, CircuitBreaker
-from processors.summarize.claude import ClaudeSummarizer, SummarizerStats, build_client
-from processors.summarize.exceptions import (
+from ctxpipe.processors.summarize.breaker import BreakerState, CircuitBreaker
+from ctxpipe.processors.summarize.claude import ClaudeSummarizer, SummarizerStats, build_client
+from ctxpipe.processors.summarize.exceptions import (
     CircuitOpenError,
     MalformedResponseError,
     SummarizerError,
     SummarizerRequestError,
     SummarizerUnavailableError,
 )
-from processors.summarize.extractive import ExtractiveSummarizer, fact_score
-from processors.summarize.pricing import DEFAULT_PRICES_USD_PER_MTOK, PriceTable
-from processors.summarize.prompt import PROMPT_VERSION, PROMPTS, build_user_message, get_prompt
-from processors.summarize.resilient import ResilientSummarizer
-from processors.summarize.types import (
+from ctxpipe.processors.summarize.extractive import ExtractiveSummarizer, fact_score
+from ctxpipe.processors.summarize.pricing import DEFAULT_PRICES_USD_PER_MTOK, PriceTable
+from ctxpipe.processors.summarize.prompt import PROMPT_VERSION, PROMPTS, build_user_message, get_prompt
+from ctxpipe.processors.summarize.resilient import ResilientSummarizer
+from ctxpipe.processors.summarize.types import (
     SummaryCoverage,
     SummaryRecord,
     SummaryResult,

@@ -23,20 +23,20 @@ if TYPE_CHECKING:
     # import, paid by every `ctxpipe serve` start (and restart) that never calls Claude.
     import anthropic
 
-from ctxpipe.errors import ConfigurationError
-from ctxpipe.settings import SummarizerSettings
-from processors.summarize.breaker import CircuitBreaker
-from processors.summarize.exceptions import (
+from ctxpipe.core.errors import ConfigurationError
+from ctxpipe.core.settings import SummarizerSettings
+from ctxpipe.processors.summarize.breaker import CircuitBreaker
+from ctxpipe.processors.summarize.exceptions import (
     CircuitOpenError,
     MalformedResponseError,
     SummarizerError,
     SummarizerRequestError,
     SummarizerUnavailableError,
 )
-from processors.summarize.pricing import PriceTable
-from processors.summarize.prompt import PromptTemplate, build_message, get_prompt
-from processors.summarize.types import SummaryResult, SummaryUsage
-from processors.types import Chunk
+from ctxpipe.processors.summarize.pricing import PriceTable
+from ctxpipe.processors.summarize.prompt import PromptTemplate, build_message, get_prompt
+from ctxpipe.processors.summarize.types import SummaryResult, SummaryUsage
+from ctxpipe.processors.types import Chunk
 
 log = logging.getLogger(__name__)
 

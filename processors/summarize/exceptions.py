@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from processors.exceptions import ProcessorError
+from ctxpipe.processors.exceptions import ProcessorError
 
 
 class SummarizerError(ProcessorError):

@@ -29,9 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from processors.summarize.types import SummaryResult
-from processors.tokens import LocalTokenCounter, TokenCounter, truncate_to_tokens
-from processors.types import Chunk
+from ctxpipe.processors.summarize.types import SummaryResult
+from ctxpipe.processors.tokens import LocalTokenCounter, TokenCounter, truncate_to_tokens
+from ctxpipe.processors.types import Chunk
 
 _SENTENCE_END: Final = re.compile(r"(?<=[.!?])\s+(?=\S)|\n+")
 _ID: Final = re.compile(r"\b[A-Z]{1,6}[-_]?\d{2,}[A-Z0-9-]*\b|#\d{2,}\b|\b[A-Z0-9]{2,}-[A-Z0-9-]*\d[A-Z0-9-]*\b")

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from processors.summarize.exceptions import SummarizerError
-from processors.types import Chunk
+from ctxpipe.processors.summarize.exceptions import SummarizerError
+from ctxpipe.processors.types import Chunk
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from ctxpipe.settings import SummarizerSettings
-from processors.summarize.claude import ClaudeSummarizer
-from processors.summarize.exceptions import SummarizerError
-from processors.summarize.extractive import ExtractiveSummarizer
-from processors.summarize.types import SummaryResult
-from processors.tokens import TokenCounter
-from processors.types import Chunk
+from ctxpipe.core.settings import SummarizerSettings
+from ctxpipe.processors.summarize.claude import ClaudeSummarizer
+from ctxpipe.processors.summarize.exceptions import SummarizerError
+from ctxpipe.processors.summarize.extractive import ExtractiveSummarizer
+from ctxpipe.processors.summarize.types import SummaryResult
+from ctxpipe.processors.tokens import TokenCounter
+from ctxpipe.processors.types import Chunk
 
 log = logging.getLogger(__name__)
 

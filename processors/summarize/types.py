@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from processors.types import Chunk
+from ctxpipe.processors.types import Chunk
 
 Method = Literal["claude", "extractive"]
 # "session": a scope's running summary; "document": one document version's summary.

@@ -11,11 +11,11 @@ import asyncio
 import functools
 from typing import TYPE_CHECKING, Any
 
-from ctxpipe.settings import QdrantSettings
-from storage.semantic.base import SemanticHit, SemanticStore
-from storage.semantic.edge import EdgeSemanticStore
-from storage.semantic.process import EdgeProcessStore
-from storage.semantic.exceptions import (
+from ctxpipe.core.settings import QdrantSettings
+from ctxpipe.storage.semantic.base import SemanticHit, SemanticStore
+from ctxpipe.storage.semantic.edge import EdgeSemanticStore
+from ctxpipe.storage.semantic.process import EdgeProcessStore
+from ctxpipe.storage.semantic.exceptions import (
     SemanticQueryError,
     SemanticSchemaError,
     SemanticStoreClosed,
@@ -23,10 +23,10 @@ from storage.semantic.exceptions import (
     SemanticStoreLocked,
     SemanticStoreUnavailable,
 )
-from storage.semantic.sparse import Bm25Encoder, SparseEmbedding
+from ctxpipe.storage.semantic.sparse import Bm25Encoder, SparseEmbedding
 
 if TYPE_CHECKING:
-    from storage.semantic.server import ServerSemanticStore
+    from ctxpipe.storage.semantic.server import ServerSemanticStore
 
 __all__ = [
     "Bm25Encoder",
@@ -64,7 +64,7 @@ async def open_semantic_store(settings: QdrantSettings, dimension: int) -> Seman
     # by every start of the service and of the Edge child that never talks to a server.
     from qdrant_client import AsyncQdrantClient
 
-    from storage.semantic.server import ServerSemanticStore
+    from ctxpipe.storage.semantic.server import ServerSemanticStore
 
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
     # No client/server version probe: it runs in a background thread at construction and
@@ -79,7 +79,7 @@ async def open_semantic_store(settings: QdrantSettings, dimension: int) -> Seman
 
 def __getattr__(name: str) -> Any:
     if name == "ServerSemanticStore":
-        from storage.semantic.server import ServerSemanticStore
+        from ctxpipe.storage.semantic.server import ServerSemanticStore
 
         return ServerSemanticStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

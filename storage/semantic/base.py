@@ -2,7 +2,7 @@
 
 Every method is async: the store lives in an asyncio worker and an asyncio API. The Edge
 backend runs its engine calls in a thread (by default inside a child process, see
-:mod:`storage.semantic.process`); the server backend uses ``AsyncQdrantClient``.
+:mod:`ctxpipe.storage.semantic.process`); the server backend uses ``AsyncQdrantClient``.
 
 Tenant isolation is enforced here, not by callers: ``search`` and ``count`` take the
 tenant as a required argument and refuse an empty one, and every backend puts the tenant
@@ -21,11 +21,11 @@ from typing import Any, Final, cast
 
 import orjson
 
-from processors.types import Chunk, EmbeddedChunk
-from storage.base import AsyncCloseable
-from storage.semantic.exceptions import SemanticQueryError
-from storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder, SparseEmbedding
-from streams.events import EventKind, Role
+from ctxpipe.processors.types import Chunk, EmbeddedChunk
+from ctxpipe.storage.base import AsyncCloseable
+from ctxpipe.storage.semantic.exceptions import SemanticQueryError
+from ctxpipe.storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder, SparseEmbedding
+from ctxpipe.core.events import EventKind, Role
 
 DENSE: Final = "dense"
 SPARSE: Final = "bm25"

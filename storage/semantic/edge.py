@@ -8,13 +8,13 @@ The engine calls run in worker threads of the store's own small pool (not the de
 executor, which blocking S3/boto3 calls share), so a big upsert is cut into slices the
 event loop can interleave with. They do **not** release the GIL (measured: two threads
 querying one shard run 1.06x one thread), so engine time still competes with the event
-loop for the interpreter: :mod:`storage.semantic.process` runs this store in a child
+loop for the interpreter: :mod:`ctxpipe.storage.semantic.process` runs this store in a child
 process for that reason (``qdrant.edge_process``, the default). There, with nothing
 else to do, the store runs its engine calls on the event loop itself (``threaded=False``),
 saving the thread hand-off and loop wake-up of every call.
 
 One shard per tenant (``<path>/tenants/t-<tenant, percent-encoded>``; a name too long
-for a folder is hashed by :func:`storage.names.safe_segment`, and the tenant's name is
+for a folder is hashed by :func:`ctxpipe.storage.names.safe_segment`, and the tenant's name is
 kept in the folder's ``tenant.name`` file): a tenant's
 searches walk only its own BM25 posting lists and vectors, and its IDF is its own
 corpus with no filter to evaluate. On the latency bench's corpus (4 tenants), a
@@ -23,7 +23,7 @@ ms in a shared shard written in no scope order (by hand). Searches still filter 
 ``tenant_scope``. A shard of the earlier layout (one for all tenants, at ``<path>``) is
 split into tenant shards when opened (:func:`_split_shared_shard`).
 
-Payloads read back are kept in a :class:`~storage.semantic.doc_cache.DocCache`
+Payloads read back are kept in a :class:`~ctxpipe.storage.semantic.doc_cache.DocCache`
 (``qdrant.doc_cache_points``): Edge's payload read was ~15 % of the child's samples.
 
 Each shard's search thread pool has one thread (``qdrant.edge_search_threads``), not
@@ -55,9 +55,9 @@ from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 import qdrant_edge as qe
 
-from processors.types import Chunk, EmbeddedChunk
-from storage.names import MAX_SEGMENT_BYTES, safe_segment, unsafe_segment
-from storage.semantic.base import (
+from ctxpipe.processors.types import Chunk, EmbeddedChunk
+from ctxpipe.storage.names import MAX_SEGMENT_BYTES, safe_segment, unsafe_segment
+from ctxpipe.storage.semantic.base import (
     DENSE,
     DOC,
     KEYWORD_INDEXES,
@@ -71,15 +71,15 @@ from storage.semantic.base import (
     chunk_payload,
     tenant_scope,
 )
-from storage.semantic.doc_cache import DocCache
-from storage.semantic.exceptions import (
+from ctxpipe.storage.semantic.doc_cache import DocCache
+from ctxpipe.storage.semantic.exceptions import (
     SemanticQueryError,
     SemanticSchemaError,
     SemanticStoreClosed,
     SemanticStoreError,
     SemanticStoreLocked,
 )
-from storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder
+from ctxpipe.storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder
 
 _T = TypeVar("_T")
 _LOCK_FILE: Final = ".ctxpipe.lock"

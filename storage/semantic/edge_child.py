@@ -1,5 +1,5 @@
-"""The child side of :class:`storage.semantic.process.EdgeProcessStore` (internal):
-``python -m storage.semantic.edge_child --fd N --path P --dimension D`` owns the Edge
+"""The child side of :class:`ctxpipe.storage.semantic.process.EdgeProcessStore` (internal):
+``python -m ctxpipe.storage.semantic.edge_child --fd N --path P --dimension D`` owns the Edge
 shard and answers the parent's calls on the socket ``N``, each as its own task."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from storage.semantic import exceptions as errors
-from storage.semantic.edge import EdgeSemanticStore
-from storage.semantic.process import CALLS, error_of, frame, read_frame
+from ctxpipe.storage.semantic import exceptions as errors
+from ctxpipe.storage.semantic.edge import EdgeSemanticStore
+from ctxpipe.storage.semantic.process import CALLS, error_of, frame, read_frame
 
 
 async def _serve(fd: int, path: Path, dimension: int, doc_cache_points: int, search_threads: int) -> None:

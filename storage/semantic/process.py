@@ -6,8 +6,8 @@ work is a millisecond the event loop cannot parse requests, read Redis or build 
 In a child process the engine runs on the other core, in parallel with all of that.
 
 How: :class:`EdgeProcessStore` is a :class:`SemanticStore` whose engine hooks are calls
-to an :class:`~storage.semantic.edge.EdgeSemanticStore` owned by a child
-(``python -m storage.semantic.edge_child``), over a socket pair: length-prefixed pickles,
+to an :class:`~ctxpipe.storage.semantic.edge.EdgeSemanticStore` owned by a child
+(``python -m ctxpipe.storage.semantic.edge_child``), over a socket pair: length-prefixed pickles,
 each call tagged with an id so many can be in flight (the child runs their engine calls
 one at a time on its event loop, in arrival order; long ones, upserts and the warm-up,
 in slices with the others' turns between). Validation stays in the parent (the public methods of
@@ -37,11 +37,12 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from ctxpipe.tasks import cancel_and_wait
-from processors.types import Chunk, EmbeddedChunk
-from storage.semantic import exceptions as errors
-from storage.semantic.base import PointHit, PointSearchStore, SearchSpec
-from storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder
+import ctxpipe
+from ctxpipe.core.tasks import cancel_and_wait
+from ctxpipe.processors.types import Chunk, EmbeddedChunk
+from ctxpipe.storage.semantic import exceptions as errors
+from ctxpipe.storage.semantic.base import PointHit, PointSearchStore, SearchSpec
+from ctxpipe.storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,13 @@ class EdgeProcessStore(PointSearchStore):
         path = Path(path)
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
-        # The child imports this very checkout (the one this module came from) first, then
-        # what the parent can import.
-        here = str(Path(__file__).resolve().parents[2])
+        # The child imports this very ctxpipe (the folder that holds the package this module
+        # came from) first, then what the parent can import.
+        here = str(Path(ctxpipe.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join([here, *(p for p in sys.path if p and p != here)])
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "storage.semantic.edge_child", "--fd", str(theirs.fileno()),
+                [sys.executable, "-m", "ctxpipe.storage.semantic.edge_child", "--fd", str(theirs.fileno()),
                  "--path", str(path), "--dimension", str(dimension), "--doc-cache-points", str(doc_cache_points),
                  "--search-threads", str(search_threads)],
                 pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,

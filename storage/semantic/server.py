@@ -14,8 +14,8 @@ import httpx
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from processors.types import Chunk, EmbeddedChunk
-from storage.semantic.base import (
+from ctxpipe.processors.types import Chunk, EmbeddedChunk
+from ctxpipe.storage.semantic.base import (
     DENSE,
     KEYWORD_INDEXES,
     RRF_K,
@@ -27,13 +27,13 @@ from storage.semantic.base import (
     chunk_payload,
     hit_from_payload,
 )
-from storage.semantic.exceptions import (
+from ctxpipe.storage.semantic.exceptions import (
     SemanticSchemaError,
     SemanticStoreClosed,
     SemanticStoreError,
     SemanticStoreUnavailable,
 )
-from storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder
+from ctxpipe.storage.semantic.sparse import DEFAULT_ENCODER, Bm25Encoder
 
 _T = TypeVar("_T")
 _UPSERT_BATCH: Final = 256

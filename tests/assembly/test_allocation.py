@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from assembly.allocation import plan, refers_to_ongoing
-from assembly.models import SECTION_ORDER, SectionName, SectionOverride
+from ctxpipe.assembly.allocation import plan, refers_to_ongoing
+from ctxpipe.assembly.models import SECTION_ORDER, SectionName, SectionOverride
 
 SHARES: dict[SectionName, float] = {"pinned": 1.0, "summary": 0.2, "recent": 0.3, "retrieved": 1.0}
 LATE = ("pinned", "recent", "retrieved", "summary")

@@ -19,12 +19,12 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from assembly.api import create_api
-from assembly.recording import new_trace_id
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
-from infra.testing import free_port
-from processors.embedding import HashEmbedder
+from ctxpipe.assembly.api import create_api
+from ctxpipe.assembly.recording import new_trace_id
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.infra.testing import free_port
+from ctxpipe.processors.embedding import HashEmbedder
 
 
 class _Api(httpx.AsyncClient):

@@ -1,4 +1,4 @@
-"""The query micro-batcher (assembly.query_embedder) and the ONNX runtime it usually drives."""
+"""The query micro-batcher (ctxpipe.assembly.query_embedder) and the ONNX runtime it usually drives."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from assembly.query_embedder import QueryEmbedder
-from ctxpipe.settings import EmbeddingSettings
-from processors.embedding import (
+from ctxpipe.assembly.query_embedder import QueryEmbedder
+from ctxpipe.core.settings import EmbeddingSettings
+from ctxpipe.processors.embedding import (
     HashEmbedder,
     OnnxEmbedder,
     SentenceTransformerEmbedder,
     make_embedder,
     make_query_embedder,
 )
-from processors.exceptions import EmbeddingError
+from ctxpipe.processors.exceptions import EmbeddingError
 
 
 class SlowModel:

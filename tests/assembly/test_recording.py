@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from assembly.exceptions import WindowNotFoundError
-from assembly.recording import WindowRecorder, batch_key, load_window, new_trace_id, trace_time
-from ctxpipe.settings import KafkaSettings, S3Settings, Settings
-from storage.cold import ColdStore, window_key
+from ctxpipe.assembly.exceptions import WindowNotFoundError
+from ctxpipe.assembly.recording import WindowRecorder, batch_key, load_window, new_trace_id, trace_time
+from ctxpipe.core.settings import KafkaSettings, S3Settings, Settings
+from ctxpipe.storage.cold import ColdStore, window_key
 
 pytestmark = pytest.mark.stack
 

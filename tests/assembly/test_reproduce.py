@@ -10,15 +10,15 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from assembly.api import create_api
-from assembly.models import ContextRequest, StreamPosition
-from assembly.recording import load_window
-from assembly.reproduce import diff_windows, rebuild
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
-from processors.embedding import HashEmbedder
-from streams.events import EventPosition
-from streams.publisher import Publisher
+from ctxpipe.assembly.api import create_api
+from ctxpipe.assembly.models import ContextRequest, StreamPosition
+from ctxpipe.assembly.recording import load_window
+from ctxpipe.assembly.reproduce import diff_windows, rebuild
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.processors.embedding import HashEmbedder
+from ctxpipe.core.events import EventPosition
+from ctxpipe.streams.publisher import Publisher
 
 KEYS = {"acme": "key-acme", "globex": "key-globex"}
 

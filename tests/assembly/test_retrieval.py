@@ -1,4 +1,4 @@
-"""Candidate generation (assembly.retrieval): pure ranking rules, then the Retriever on
+"""Candidate generation (ctxpipe.assembly.retrieval): pure ranking rules, then the Retriever on
 the real stack (Redis hot tier, Qdrant Edge, S3) fed through the production ingest code."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Literal
 import orjson
 import pytest
 
-from assembly.retrieval import (
+from ctxpipe.assembly.retrieval import (
     RetrievalConfig,
     Retriever,
     asks_for_latest,
@@ -23,16 +23,16 @@ from assembly.retrieval import (
     prompt_of,
     query_ids,
 )
-from assembly.window import Hit, WindowConfig, build_window
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
-from processors.embedding import HashEmbedder
-from processors.tokens import LocalTokenCounter
-from processors.types import Chunk
-from storage.exceptions import StorageUnavailableError
-from storage.semantic import SemanticHit
-from streams.events import EventKind, Role
-from streams.records import RawRecord
+from ctxpipe.assembly.window import Hit, WindowConfig, build_window
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.processors.embedding import HashEmbedder
+from ctxpipe.processors.tokens import LocalTokenCounter
+from ctxpipe.processors.types import Chunk
+from ctxpipe.storage.exceptions import StorageUnavailableError
+from ctxpipe.storage.semantic import SemanticHit
+from ctxpipe.core.events import EventKind, Role
+from ctxpipe.streams.records import RawRecord
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from assembly.summary_source import StoredSummaries
-from processors.summarize import SummaryRecord
-from storage.exceptions import StorageUnavailableError
+from ctxpipe.assembly.summary_source import StoredSummaries
+from ctxpipe.processors.summarize import SummaryRecord
+from ctxpipe.storage.exceptions import StorageUnavailableError
 
 
 class _Store:

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assembly.anthropic_format import check_alternation, count_layout, stable_prefix_bytes
-from assembly.exceptions import BudgetTooSmallError
-from assembly.models import SECTION_ORDER
-from assembly.window import Hit, Summary, WindowConfig, minimum_budget
-from processors.types import Chunk
-from streams.events import EventKind, Role
+from ctxpipe.assembly.anthropic_format import check_alternation, count_layout, stable_prefix_bytes
+from ctxpipe.assembly.exceptions import BudgetTooSmallError
+from ctxpipe.assembly.models import SECTION_ORDER
+from ctxpipe.assembly.window import Hit, Summary, WindowConfig, minimum_budget
+from ctxpipe.processors.types import Chunk
+from ctxpipe.core.events import EventKind, Role
 from window_helpers import CONFIG, COUNTER, build, chunk, conversation
 
 MIN_BUDGET = minimum_budget(CONFIG.system_prompt, COUNTER)
@@ -229,7 +229,7 @@ def test_estimated_hit_cost_bounds_the_rendered_count(text: str, kind: EventKind
     and must equal it for (non-empty) text without leading/trailing whitespace."""
     from dataclasses import replace
 
-    from assembly.window import _MemoCounter, _render_hit, chunk_cost
+    from ctxpipe.assembly.window import _MemoCounter, _render_hit, chunk_cost
 
     c = chunk("e1", text, kind=kind, role=role if kind is EventKind.MESSAGE else None, age_s=12345.0)
     config = replace(CONFIG, compact_turns=compact)

@@ -16,16 +16,16 @@ import httpx
 import orjson
 import pytest
 
-from assembly.api import create_api
-from assembly.recording import load_window
-from assembly.service import AssemblyService
-from assembly.window_backfill import backfill_windows
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
-from infra.stack import Stack
-from infra.testing import isolated_stack_settings, unique
-from processors.embedding import HashEmbedder
-from storage.cold import ColdStore, s3_client
+from ctxpipe.assembly.api import create_api
+from ctxpipe.assembly.recording import load_window
+from ctxpipe.assembly.service import AssemblyService
+from ctxpipe.assembly.window_backfill import backfill_windows
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.infra.stack import Stack
+from ctxpipe.infra.testing import isolated_stack_settings, unique
+from ctxpipe.processors.embedding import HashEmbedder
+from ctxpipe.storage.cold import ColdStore, s3_client
 
 
 @asynccontextmanager

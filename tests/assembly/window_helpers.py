@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from assembly.window import Hit, Summary, Window, WindowConfig, build_window
-from processors.tokens import LocalTokenCounter
-from processors.types import Chunk
-from streams.events import EventKind, Role
+from ctxpipe.assembly.window import Hit, Summary, Window, WindowConfig, build_window
+from ctxpipe.processors.tokens import LocalTokenCounter
+from ctxpipe.processors.types import Chunk
+from ctxpipe.core.events import EventKind, Role
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 COUNTER = LocalTokenCounter()

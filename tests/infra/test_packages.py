@@ -1,4 +1,4 @@
-"""infra.packages: install a missing program from Debian's packages, or say what to do.
+"""ctxpipe.infra.packages: install a missing program from Debian's packages, or say what to do.
 
 A fake ``apt-get`` on PATH records its calls and "installs" by writing the binary, so the
 logic runs for real without touching the machine's packages."""
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import packages
-from infra.exceptions import PackageInstallError
+from ctxpipe.infra import packages
+from ctxpipe.infra.exceptions import PackageInstallError
 
 FAKE_APT = """#!/bin/sh
 echo "$@" >> "{calls}"

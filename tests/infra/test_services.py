@@ -8,9 +8,9 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from ctxpipe.settings import KafkaSettings, RedisSettings, S3Settings
-from infra.stack import Stack
-from storage.cold import s3_client
+from ctxpipe.core.settings import KafkaSettings, RedisSettings, S3Settings
+from ctxpipe.infra.stack import Stack
+from ctxpipe.storage.cold import s3_client
 
 pytestmark = pytest.mark.stack
 

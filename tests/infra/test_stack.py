@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ctxpipe.settings import PROJECT_ROOT, Settings
-from infra.exceptions import PortInUseError, ServiceExitedError, StartupTimeoutError
-from infra.stack import Stack
-from infra.testing import free_port, isolated_stack_settings
+from ctxpipe.core.settings import PROJECT_ROOT, Settings
+from ctxpipe.infra.exceptions import PortInUseError, ServiceExitedError, StartupTimeoutError
+from ctxpipe.infra.stack import Stack
+from ctxpipe.infra.testing import free_port, isolated_stack_settings
 
 
 def _pid_gone(pid: int) -> bool:
@@ -46,7 +46,7 @@ def _processes_under(home: Path) -> list[int]:
 
 def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "infra", *args],
+        [sys.executable, "-m", "ctxpipe.infra", *args],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
 

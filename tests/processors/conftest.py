@@ -8,7 +8,7 @@ import pytest
 from fakes.anthropic_server import FakeAnthropicServer
 from pydantic import SecretStr
 
-from ctxpipe.settings import SummarizerSettings
+from ctxpipe.core.settings import SummarizerSettings
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from processors.tokens import LocalTokenCounter
-from processors.types import Chunk, chunk_id
-from streams.events import EventKind, Role
+from ctxpipe.processors.tokens import LocalTokenCounter
+from ctxpipe.processors.types import Chunk, chunk_id
+from ctxpipe.core.events import EventKind, Role
 
 _T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 _COUNTER = LocalTokenCounter()

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from processors.chunking import HEADER_SEPARATOR, ChunkingSettings, chunk_event
-from processors.exceptions import ChunkingError
-from processors.tokens import LocalTokenCounter
-from processors.types import Chunk, chunk_id
-from streams.events import EventKind, SourceEvent
+from ctxpipe.processors.chunking import HEADER_SEPARATOR, ChunkingSettings, chunk_event
+from ctxpipe.processors.exceptions import ChunkingError
+from ctxpipe.processors.tokens import LocalTokenCounter
+from ctxpipe.processors.types import Chunk, chunk_id
+from ctxpipe.core.events import EventKind, SourceEvent
 
 counter = LocalTokenCounter()
 BROKER_TIME = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -7,17 +7,17 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from ctxpipe.settings import EmbeddingSettings
-from processors.embedding import (
+from ctxpipe.core.settings import EmbeddingSettings
+from ctxpipe.processors.embedding import (
     CachedEmbedder,
     Embedder,
     HashEmbedder,
     InMemoryEmbeddingCache,
     SentenceTransformerEmbedder,
 )
-from processors.exceptions import EmbeddingError, ModelLoadError
-from processors.types import content_hash
-from storage.exceptions import StorageUnavailableError
+from ctxpipe.processors.exceptions import EmbeddingError, ModelLoadError
+from ctxpipe.processors.types import content_hash
+from ctxpipe.storage.exceptions import StorageUnavailableError
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:

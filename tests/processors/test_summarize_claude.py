@@ -10,9 +10,9 @@ import pytest
 from fakes.anthropic_server import FakeAnthropicServer, Reply, closed_port
 from summarize_helpers import PLANTED_FACTS, long_session, turn
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import SummarizerSettings
-from processors.summarize import (
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import SummarizerSettings
+from ctxpipe.processors.summarize import (
     PROMPT_VERSION,
     BreakerState,
     CircuitBreaker,
@@ -24,7 +24,7 @@ from processors.summarize import (
     SummarizerRequestError,
     SummarizerUnavailableError,
 )
-from processors.summarize.claude import retry_after_s
+from ctxpipe.processors.summarize.claude import retry_after_s
 
 TURNS = [
     turn(0, "Hello, I'm Priya Raman. My account is AC-1042."),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from summarize_helpers import PLANTED_FACTS, long_session, turn
 
-from processors.summarize import ExtractiveSummarizer, SummaryCoverage, SummaryRecord, fact_score, summary_id
-from processors.summarize.types import SummaryResult
-from processors.tokens import LocalTokenCounter
+from ctxpipe.processors.summarize import ExtractiveSummarizer, SummaryCoverage, SummaryRecord, fact_score, summary_id
+from ctxpipe.processors.summarize.types import SummaryResult
+from ctxpipe.processors.tokens import LocalTokenCounter
 
 COUNTER = LocalTokenCounter()
 

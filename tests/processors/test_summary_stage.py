@@ -12,11 +12,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fakes.anthropic_server import FakeAnthropicServer, closed_port
 from summarize_helpers import PLANTED_FACTS, long_session
 
-from ctxpipe.settings import KafkaSettings, Settings, SummarizerSettings
-from processors.summarize import ExtractiveSummarizer, ResilientSummarizer, SummaryRecord
-from storage.cold import ColdStore
-from storage.hot import HotStore
-from streams.summaries import SummaryStage, SummaryStore, decode_summary
+from ctxpipe.core.settings import KafkaSettings, Settings, SummarizerSettings
+from ctxpipe.processors.summarize import ExtractiveSummarizer, ResilientSummarizer, SummaryRecord
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.streams.summaries import SummaryStage, SummaryStore, decode_summary
 
 TENANT, SCOPE = "t1", "s1"
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.exceptions import TokenCountError
-from processors.tokens import (
+from ctxpipe.processors.exceptions import TokenCountError
+from ctxpipe.processors.tokens import (
     AnthropicTokenCounter,
     LocalTokenCounter,
     TokenCounter,

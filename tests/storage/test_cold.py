@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ctxpipe.settings import S3Settings
-from processors.types import Chunk, chunk_id
-from storage.cold import ArchivedRecord, ColdStore, archive_key, window_key
-from storage.exceptions import StorageError, StorageUnavailableError
-from streams.events import EventKind, Role
+from ctxpipe.core.settings import S3Settings
+from ctxpipe.processors.types import Chunk, chunk_id
+from ctxpipe.storage.cold import ArchivedRecord, ColdStore, archive_key, window_key
+from ctxpipe.storage.exceptions import StorageError, StorageUnavailableError
+from ctxpipe.core.events import EventKind, Role
 
 pytestmark = pytest.mark.stack
 

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ctxpipe.settings import S3Settings
-from storage.cold import ColdStore, key_segment, summary_key, window_prefix
-from storage.names import HASH_MARK, MAX_SEGMENT_BYTES
+from ctxpipe.core.settings import S3Settings
+from ctxpipe.storage.cold import ColdStore, key_segment, summary_key, window_prefix
+from ctxpipe.storage.names import HASH_MARK, MAX_SEGMENT_BYTES
 
 ODD_NAMES = [".", "..", "...", "a" * 256, "😀" * 64, "漢" * 40, "x" * 66 + "é", "%2E", "=" + "0" * 64]
 

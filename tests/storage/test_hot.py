@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ctxpipe.settings import RedisSettings
-from processors.types import Chunk, chunk_id
-from storage.exceptions import StorageUnavailableError
-from storage.hot import EmbeddingCacheRedis, HotStore
-from streams.events import EventKind, Role
+from ctxpipe.core.settings import RedisSettings
+from ctxpipe.processors.types import Chunk, chunk_id
+from ctxpipe.storage.exceptions import StorageUnavailableError
+from ctxpipe.storage.hot import EmbeddingCacheRedis, HotStore
+from ctxpipe.core.events import EventKind, Role
 
 pytestmark = pytest.mark.stack
 

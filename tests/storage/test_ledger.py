@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ctxpipe.settings import RedisSettings
-from storage.hot import HotStore
-from storage.ledger import EventLedger
+from ctxpipe.core.settings import RedisSettings
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.storage.ledger import EventLedger
 
 
 async def test_first_position_is_kept_and_tenants_are_separate(redis_settings: RedisSettings) -> None:

@@ -6,8 +6,8 @@ from urllib.parse import quote
 
 import pytest
 
-from storage.cold import scope_snapshot_key, summary_key, window_key, window_prefix
-from storage.names import is_hashed, safe_segment, unsafe_segment
+from ctxpipe.storage.cold import scope_snapshot_key, summary_key, window_key, window_prefix
+from ctxpipe.storage.names import is_hashed, safe_segment, unsafe_segment
 
 NAMES = [
     "acme", "a:b", "a b", "ünï", "x%2Fy", "x%%y", "a" * 253, "a" * 254, "a" * 255, "a" * 256, "a" * 1000,

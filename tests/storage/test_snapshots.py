@@ -11,17 +11,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from assembly.models import ContextRequest
-from assembly.service import AssemblyService
-from ctxpipe.runtime import open_runtime
-from ctxpipe.settings import RedisSettings, S3Settings, Settings
-from processors.embedding import HashEmbedder
-from processors.types import Chunk, chunk_id
-from storage.cold import ColdStore
-from storage.hot import HotStore
-from storage.snapshots import snapshot_idle_scopes
-from streams.events import EventKind, Role
-from streams.publisher import Publisher
+from ctxpipe.assembly.models import ContextRequest
+from ctxpipe.assembly.service import AssemblyService
+from ctxpipe.app.runtime import open_runtime
+from ctxpipe.core.settings import RedisSettings, S3Settings, Settings
+from ctxpipe.processors.embedding import HashEmbedder
+from ctxpipe.processors.types import Chunk, chunk_id
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.storage.snapshots import snapshot_idle_scopes
+from ctxpipe.core.events import EventKind, Role
+from ctxpipe.streams.publisher import Publisher
 
 pytestmark = pytest.mark.stack
 

@@ -10,14 +10,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from ctxpipe.settings import KafkaSettings
-from processors.chunking import ChunkingSettings, chunk_event
-from processors.tokens import LocalTokenCounter
-from processors.types import Chunk
-from storage.cold import ColdStore
-from storage.hot import HotStore
-from storage.semantic.base import SemanticStore
-from streams.events import EventKind, EventPosition, MAX_EVENT_BYTES, SourceEvent
+from ctxpipe.core.settings import KafkaSettings
+from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
+from ctxpipe.processors.tokens import LocalTokenCounter
+from ctxpipe.processors.types import Chunk
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.storage.semantic.base import SemanticStore
+from ctxpipe.core.events import EventKind, EventPosition, MAX_EVENT_BYTES, SourceEvent
 
 TENANT = "acme"
 

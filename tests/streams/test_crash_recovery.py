@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ctxpipe.settings import Settings, to_env
+from ctxpipe.core.settings import Settings, to_env
 from ingest_helpers import TENANT, expected_chunks
-from storage.cold import ColdStore
-from storage.hot import HotStore
-from storage.semantic import open_semantic_store
-from streams.publisher import Publisher
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.storage.semantic import open_semantic_store
+from ctxpipe.streams.publisher import Publisher
 
 N_EVENTS = 1200
 N_SCOPES = 24

@@ -8,13 +8,13 @@ import asyncio
 import uuid
 from typing import Any
 
-from ctxpipe.runtime import open_runtime
-from ctxpipe.settings import Settings
-from ctxpipe.versions import VersionRegistry, version_stores
-from processors.chunking import ChunkingSettings
-from processors.embedding import HashEmbedder
-from streams.publisher import Publisher
-from streams.replay import Replayer
+from ctxpipe.app.runtime import open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.storage.versions import VersionRegistry, version_stores
+from ctxpipe.processors.chunking import ChunkingSettings
+from ctxpipe.processors.embedding import HashEmbedder
+from ctxpipe.streams.publisher import Publisher
+from ctxpipe.streams.replay import Replayer
 
 TENANT = "acme"
 SCOPE = "session:follow"

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
-from streams.publisher import Publisher
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.streams.publisher import Publisher
 from ingest_helpers import (
     TENANT,
     expected_chunks,

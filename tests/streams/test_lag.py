@@ -8,11 +8,11 @@ import gc
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from ctxpipe.settings import KafkaSettings, RedisSettings
-from storage.hot import HotStore
-from ctxpipe.tasks import cancel_and_wait
-from streams.lag import ProgressTracker, measure_lag, track_lag
-from streams.publisher import Publisher
+from ctxpipe.core.settings import KafkaSettings, RedisSettings
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.core.tasks import cancel_and_wait
+from ctxpipe.streams.lag import ProgressTracker, measure_lag, track_lag
+from ctxpipe.streams.publisher import Publisher
 
 
 async def test_lag_counts_records_not_yet_applied(

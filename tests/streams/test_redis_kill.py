@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from ctxpipe.runtime import open_runtime
-from ctxpipe.settings import Settings
-from infra.testing import free_port
-from streams.events import EventPosition
-from streams.publisher import Publisher
+from ctxpipe.app.runtime import open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.infra.testing import free_port
+from ctxpipe.core.events import EventPosition
+from ctxpipe.streams.publisher import Publisher
 from ingest_helpers import wait_applied
 
 N_EVENTS = 240

@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 import pytest
 
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
-from processors.types import EmbeddedChunk
-from storage.semantic.exceptions import SemanticStoreError, SemanticStoreUnavailable
-from streams.events import EventPosition
-from streams.publisher import Publisher
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.processors.types import EmbeddedChunk
+from ctxpipe.storage.semantic.exceptions import SemanticStoreError, SemanticStoreUnavailable
+from ctxpipe.core.events import EventPosition
+from ctxpipe.streams.publisher import Publisher
 from ingest_helpers import read_topic, wait_applied
 
 

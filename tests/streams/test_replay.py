@@ -17,19 +17,19 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import TopicPartition
 
-from assembly.models import ContextRequest
-from assembly.service import AssemblyService
-from ctxpipe.runtime import open_runtime
-from ctxpipe.settings import Settings, to_env
-from ctxpipe.versions import VersionError, VersionRegistry, VersionStatus, edge_path_of, version_stores
+from ctxpipe.assembly.models import ContextRequest
+from ctxpipe.assembly.service import AssemblyService
+from ctxpipe.app.runtime import open_runtime
+from ctxpipe.core.settings import Settings, to_env
+from ctxpipe.storage.versions import VersionError, VersionRegistry, VersionStatus, edge_path_of, version_stores
 from ingest_helpers import TENANT, mixed_events, wait_applied
-from processors.chunking import ChunkingSettings, chunk_event
-from processors.tokens import LocalTokenCounter
-from processors.embedding import HashEmbedder
-from storage.retention import cleanup
-from streams.events import EventPosition, SourceEvent
-from streams.publisher import Publisher
-from streams.replay import ReplayProgress, Replayer
+from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
+from ctxpipe.processors.tokens import LocalTokenCounter
+from ctxpipe.processors.embedding import HashEmbedder
+from ctxpipe.storage.retention import cleanup
+from ctxpipe.core.events import EventPosition, SourceEvent
+from ctxpipe.streams.publisher import Publisher
+from ctxpipe.streams.replay import ReplayProgress, Replayer
 
 SCOPES = ["session:0", "session:1", "kb:handbook"]
 SMALL = ChunkingSettings(max_chunk_tokens=64, overlap_tokens=8)

@@ -21,14 +21,14 @@ from fakes.anthropic_server import FakeAnthropicServer
 from ingest_helpers import read_topic, wait_applied
 from pydantic import SecretStr
 
-from assembly.models import ContextRequest
-from assembly.service import AssemblyService
-from assembly.summary_source import SUMMARIZED_NOTE
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
-from processors.embedding import HashEmbedder
-from streams.publisher import Publisher
-from streams.summaries import SummaryStore, decode_summary, rebuild_summaries
+from ctxpipe.assembly.models import ContextRequest
+from ctxpipe.assembly.service import AssemblyService
+from ctxpipe.assembly.summary_source import SUMMARIZED_NOTE
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.processors.embedding import HashEmbedder
+from ctxpipe.streams.publisher import Publisher
+from ctxpipe.streams.summaries import SummaryStore, decode_summary, rebuild_summaries
 
 TENANT = "acme"
 N_TURNS = 300
@@ -222,7 +222,7 @@ async def _all_positions(settings: Settings) -> list[Any]:
     """The last position of every partition of the source topic (what a replay must reach)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.events import EventPosition
+    from ctxpipe.core.events import EventPosition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=None)
     await consumer.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streams.events import (
+from ctxpipe.core.events import (
     INT64_MAX,
     INT64_MIN,
     MAX_EVENT_BYTES,
@@ -15,8 +15,8 @@ from streams.events import (
     EventKind,
     SourceEvent,
 )
-from streams.schema import SCHEMA_PATH, render
-from streams.validation import Rejection, parse_event
+from ctxpipe.core.schema import SCHEMA_PATH, render
+from ctxpipe.streams.validation import Rejection, parse_event
 
 
 def _event(**over: object) -> bytes:

@@ -12,8 +12,8 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 from semantic_helpers import DIM, open_memory_server
 
-from infra.qdrant_server import QdrantServer, qdrant_binary
-from storage.semantic import EdgeProcessStore, EdgeSemanticStore, SemanticStore, ServerSemanticStore
+from ctxpipe.infra.qdrant_server import QdrantServer, qdrant_binary
+from ctxpipe.storage.semantic import EdgeProcessStore, EdgeSemanticStore, SemanticStore, ServerSemanticStore
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient
 
-from processors.types import Chunk, EmbeddedChunk, chunk_id
-from storage.semantic import ServerSemanticStore
-from streams.events import EventKind, Role
+from ctxpipe.processors.types import Chunk, EmbeddedChunk, chunk_id
+from ctxpipe.storage.semantic import ServerSemanticStore
+from ctxpipe.core.events import EventKind, Role
 
 DIM = 16
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))

@@ -3,7 +3,7 @@ in test_semantic_edge.py)."""
 
 from __future__ import annotations
 
-from storage.semantic.doc_cache import DocCache
+from ctxpipe.storage.semantic.doc_cache import DocCache
 
 
 def test_lookup_splits_cached_from_missing() -> None:

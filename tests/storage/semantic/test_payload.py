@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from processors.types import Chunk, EmbeddedChunk
-from storage.semantic.base import DOC, chunk_from_payload, chunk_payload, hit_from_payload, stored_chunk
-from streams.events import EventKind, Role
+from ctxpipe.processors.types import Chunk, EmbeddedChunk
+from ctxpipe.storage.semantic.base import DOC, chunk_from_payload, chunk_payload, hit_from_payload, stored_chunk
+from ctxpipe.core.events import EventKind, Role
 
 
 def _chunk(**over: object) -> Chunk:

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 import pytest
 from semantic_helpers import make_chunk, near, rand_vector
 
-from processors.types import EmbeddedChunk
-from storage.semantic import SemanticQueryError, SemanticStore
-from storage.semantic.base import SearchSpec, SemanticHit
-from streams.events import EventKind
+from ctxpipe.processors.types import EmbeddedChunk
+from ctxpipe.storage.semantic import SemanticQueryError, SemanticStore
+from ctxpipe.storage.semantic.base import SearchSpec, SemanticHit
+from ctxpipe.core.events import EventKind
 
 ACCOUNT = "ACC-99417-ZQ"
 

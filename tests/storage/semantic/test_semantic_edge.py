@@ -1,5 +1,5 @@
 """Qdrant Edge specifics: persistence across reopen, the one-process lock, schema checks,
-and the child-process store (storage.semantic.process)."""
+and the child-process store (ctxpipe.storage.semantic.process)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from semantic_helpers import DIM, make_chunk, rand_vector
 
-from ctxpipe.settings import PROJECT_ROOT, QdrantSettings
-from storage.semantic import (
+from ctxpipe.core.settings import PROJECT_ROOT, QdrantSettings
+from ctxpipe.storage.semantic import (
     EdgeProcessStore,
     EdgeSemanticStore,
     SemanticSchemaError,
@@ -24,7 +24,7 @@ from storage.semantic import (
     SemanticStoreUnavailable,
     open_semantic_store,
 )
-from storage.semantic.base import chunk_payload, payload_fields
+from ctxpipe.storage.semantic.base import chunk_payload, payload_fields
 
 
 async def test_reopen_reloads_data_and_indexes(tmp_path: Path) -> None:
@@ -79,7 +79,7 @@ async def test_second_process_is_refused(tmp_path: Path) -> None:
     store = EdgeSemanticStore.open(tmp_path, DIM)
     script = textwrap.dedent(
         f"""
-        from storage.semantic import EdgeSemanticStore, SemanticStoreLocked
+        from ctxpipe.storage.semantic import EdgeSemanticStore, SemanticStoreLocked
         try:
             EdgeSemanticStore.open({str(tmp_path)!r}, {DIM})
         except SemanticStoreLocked as exc:
@@ -118,8 +118,8 @@ async def test_points_stored_by_earlier_versions_are_found_after_reopen(tmp_path
     alone), and both kinds of point are searched and read, per tenant."""
     import qdrant_edge as qe
 
-    from storage.semantic.base import TENANT_SCOPE
-    from storage.semantic.edge import _edge_config
+    from ctxpipe.storage.semantic.base import TENANT_SCOPE
+    from ctxpipe.storage.semantic.edge import _edge_config
 
     rng = random.Random(4)
     old, mid = (make_chunk(f"{w} about zebras", rand_vector(rng), source_id=w) for w in ("old", "mid"))

@@ -8,15 +8,15 @@ import pytest
 from qdrant_client import AsyncQdrantClient, models
 from semantic_helpers import DIM, make_chunk, open_memory_server
 
-from ctxpipe.settings import QdrantSettings
-from storage.semantic import (
+from ctxpipe.core.settings import QdrantSettings
+from ctxpipe.storage.semantic import (
     SemanticSchemaError,
     SemanticStoreClosed,
     SemanticStoreUnavailable,
     ServerSemanticStore,
     open_semantic_store,
 )
-from storage.semantic.base import DENSE, SPARSE
+from ctxpipe.storage.semantic.base import DENSE, SPARSE
 
 
 async def test_creates_named_dense_and_idf_sparse_vectors() -> None:

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from ctxpipe.settings import PROJECT_ROOT
-from storage.semantic.sparse import Bm25Encoder, token_index
+from ctxpipe.core.settings import PROJECT_ROOT
+from ctxpipe.storage.semantic.sparse import Bm25Encoder, token_index
 
 ENC = Bm25Encoder()
 
@@ -22,7 +22,7 @@ def test_tokenizer_lowercases_splits_ids_and_drops_stopwords() -> None:
 def test_indices_are_stable_across_processes() -> None:
     # Python's hash() is salted per process; ours must not be.
     out = subprocess.run(
-        [sys.executable, "-c", "from storage.semantic.sparse import token_index; print(token_index('invoice'))"],
+        [sys.executable, "-c", "from ctxpipe.storage.semantic.sparse import token_index; print(token_index('invoice'))"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=60,
     ).stdout
     assert int(out) == token_index("invoice")

@@ -19,7 +19,7 @@ MAX_EVENT_BYTES = 1_000_000
 MAX_CONTENT_CHARS = 500_000
 MAX_ID_CHARS = 256
 # Names become Redis keys, S3 keys and folder names: bounded in UTF-8 bytes, not only in
-# characters (256 emoji are 1,024 bytes). Storage hashes long names (storage.names).
+# characters (256 emoji are 1,024 bytes). Storage hashes long names (ctxpipe.storage.names).
 MAX_ID_BYTES = 256
 MAX_TITLE_CHARS = 1_000
 # Metadata is copied into every chunk of the event (hot tier, semantic payload): kept

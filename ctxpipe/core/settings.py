@@ -16,9 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ctxpipe.errors import ConfigurationError
+from ctxpipe.core.errors import ConfigurationError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The source checkout: the folder that holds the ctxpipe package.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class _Group(BaseModel):
@@ -97,7 +98,7 @@ class QdrantSettings(_Group):
     # through qdrant-client, the scale-out path.
     mode: Literal["edge", "server"] = "edge"
     edge_path: Path = PROJECT_ROOT / ".stack" / "data" / "qdrant-edge"
-    # True: Edge runs in a child process (storage.semantic.process); the engine holds the
+    # True: Edge runs in a child process (ctxpipe.storage.semantic.process); the engine holds the
     # GIL while it works, so in-process it stalls the event loop (bench/assembly_latency.py,
     # config onnx-inproc for the other way: about half the saturated rate).
     edge_process: bool = True
@@ -127,7 +128,7 @@ class EmbeddingSettings(_Group):
     # with a warning when onnxruntime or the exporter is missing.
     runtime: Literal["torch", "onnx"] = "onnx"
     onnx_dir: Path = PROJECT_ROOT / ".stack" / "models"
-    # Query embeddings on the API path (assembly.query_embedder): concurrent queries are
+    # Query embeddings on the API path (ctxpipe.assembly.query_embedder): concurrent queries are
     # coalesced into one model call of at most query_max_batch texts; a lone query waits
     # query_max_wait_ms for company (0: go as soon as the model is free).
     query_max_batch: int = Field(default=32, gt=0)
@@ -170,19 +171,22 @@ class ApiSettings(_Group):
     port: int = 8000
     # tenant -> API key; empty means the API runs open (local development only).
     tenant_keys: dict[str, SecretStr] = Field(default_factory=dict)
-    # Python's GIL switch interval while the API runs (sys.setswitchinterval; Python's
-    # default is 5 ms). A request hands work to threads (query model, search engine) and
-    # waits for them; with 5 ms a finished thread can wait that long for the GIL behind
-    # the event loop. bench/assembly_latency.py (config onnx-switch5) compares.
+
+
+class InterpreterSettings(_Group):
+    """Process-wide interpreter settings ``ctxpipe serve`` applies while its API runs, only
+    when ``tune`` is set: a program that embeds the API owns its interpreter. What each
+    bought on the latency bench: docs/performance.md."""
+
+    tune: bool = False
+    # sys.setswitchinterval (Python's default is 5 ms): a request waits on worker threads
+    # (query model, search engine); a finished thread can wait that long for the GIL.
     switch_interval_ms: float = Field(default=1.0, gt=0, le=100)
-    # Freeze the objects of start-up out of the garbage collector once the API is up (a
-    # full collection walking them stalled every request in flight ~200 ms here).
+    # gc.freeze once the API is up: a full collection no longer walks the long-lived
+    # objects of start-up (libraries, model sessions, clients).
     gc_freeze: bool = True
-    # The collector's young-generation threshold while the API runs (gc.set_threshold;
-    # Python's default is 700; 0 keeps it). What a request allocates is freed by reference
-    # counting almost entirely, yet at 700 the collector ran ~115 times a second at
-    # 100 req/s, each time walking the objects of every request in flight (by hand: ~2,300
-    # young and ~200 middle-generation collections in 20 s; at 50,000: one).
+    # The young-generation threshold (gc.set_threshold; Python's default is 700; 0 keeps it):
+    # what a request allocates is freed by reference counting almost entirely.
     gc_threshold: int = Field(default=50_000, ge=0)
 
 
@@ -297,7 +301,7 @@ class SummarizerSettings(_Group):
     trigger_tokens: int = Field(default=1500, gt=0)
     # Target size of a running summary (the extractive fallback enforces it exactly).
     summary_max_tokens: int = Field(default=600, gt=0)
-    # Which prompt template (processors.summarize.prompt.PROMPTS); recorded on every summary.
+    # Which prompt template (ctxpipe.processors.summarize.prompt.PROMPTS); recorded on every summary.
     prompt_version: str = "summary-v1"
     # Document summaries are short (they sit next to retrieved passages) and made from the
     # first part of the document only (enough to say what it is; bounds the model's input).
@@ -332,7 +336,7 @@ class VersionSettings(_Group):
 
 
 class LogSettings(_Group):
-    """What the processes print (``ctxpipe.logs``)."""
+    """What the processes print (``ctxpipe.app.logs``)."""
 
     # ctxpipe's own messages: start-up stages, warnings, failures.
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -359,6 +363,7 @@ class Settings(BaseSettings):
     embedding: EmbeddingSettings = EmbeddingSettings()
     stack: StackSettings = StackSettings()
     api: ApiSettings = ApiSettings()
+    interpreter: InterpreterSettings = InterpreterSettings()
     summarizer: SummarizerSettings = SummarizerSettings()
     assembly: AssemblySettings = AssemblySettings()
     versions: VersionSettings = VersionSettings()

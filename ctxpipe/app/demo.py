@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.settings import Settings
-from streams.publisher import Publisher
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.core.settings import Settings
+from ctxpipe.streams.publisher import Publisher
 
 QUERY = "Can I get my money back for the wrong March invoice?"
 BUDGET = 600

@@ -12,10 +12,11 @@ from typing import Any
 
 import uvicorn
 
-from assembly.api import create_api
-from ctxpipe.errors import ConfigurationError
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
+from ctxpipe.assembly.api import create_api
+from ctxpipe.core.errors import ConfigurationError
+from ctxpipe.app.interpreter import tuned_interpreter
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _with_static_membership(settings: Settings) -> Settings:
 
 async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
     api = create_api(lambda: nullcontext(runtime))
-    # log_config=None: uvicorn keeps the levels and handler of ctxpipe.logs.
+    # log_config=None: uvicorn keeps the levels and handler of ctxpipe.app.logs.
     config = uvicorn.Config(api, host=settings.api.host, port=settings.api.port, log_config=None,
                             log_level=None, access_log=settings.log.access_log)
     server = uvicorn.Server(config)
@@ -66,12 +67,13 @@ async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
         base = f"http://{settings.api.host}:{settings.api.port}"
         log.info("API ready at %s (interactive docs at %s/docs)", base, base)
         if demo:
-            from ctxpipe.demo import run_demo
+            from ctxpipe.app.demo import run_demo
 
             await run_demo(settings)
             print(f"\nThe service keeps running on {base} (Ctrl-C stops it; `make stop` then stops the stack).",
                   flush=True)
-    await task
+    with tuned_interpreter(settings.interpreter):
+        await task
 
 
 def serve_forever(settings: Settings, *, demo: bool = False) -> None:

@@ -15,9 +15,9 @@ from typing import IO
 import orjson
 from pydantic import ValidationError
 
-from ctxpipe.errors import CtxPipeError
-from ctxpipe.logs import configure_logging
-from ctxpipe.settings import get_settings
+from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.app.logs import configure_logging
+from ctxpipe.core.settings import get_settings
 
 
 def _read_json_lines(stream: IO[str]) -> Iterator[dict[str, object]]:
@@ -35,7 +35,7 @@ def _read_json_lines(stream: IO[str]) -> Iterator[dict[str, object]]:
 
 
 async def _publish(path: str, validate: bool) -> None:
-    from streams.publisher import Publisher
+    from ctxpipe.streams.publisher import Publisher
 
     settings = get_settings()
     src = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
@@ -85,12 +85,12 @@ def _add_version_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 async def _version_command(args: argparse.Namespace) -> None:
-    from ctxpipe.versions import VersionRegistry, describe
+    from ctxpipe.storage.versions import VersionRegistry, describe
 
     settings = get_settings()
     if args.cmd == "replay":
-        from processors.chunking import ChunkingSettings
-        from streams.replay import Replayer
+        from ctxpipe.processors.chunking import ChunkingSettings
+        from ctxpipe.streams.replay import Replayer
 
         overrides = {k: v for k, v in {"max_chunk_tokens": args.max_chunk_tokens,
                                         "overlap_tokens": args.overlap_tokens}.items() if v is not None}
@@ -106,9 +106,9 @@ async def _version_command(args: argparse.Namespace) -> None:
             "events_per_s": round(report.events_per_s, 1), "resumed": report.resumed,
             "switched_from": report.switched_from}).decode())
     elif args.cmd == "reproduce":
-        from assembly.recording import load_window
-        from assembly.reproduce import rebuild
-        from storage.cold import ColdStore
+        from ctxpipe.assembly.recording import load_window
+        from ctxpipe.assembly.reproduce import rebuild
+        from ctxpipe.storage.cold import ColdStore
 
         if args.rebuild:
             print((await rebuild(settings, args.tenant, args.trace_id)).text())
@@ -132,14 +132,14 @@ async def _version_command(args: argparse.Namespace) -> None:
     elif args.cmd == "windows-backfill":
         import time
 
-        from assembly.window_backfill import backfill_windows
-        from storage.cold import ColdStore
+        from ctxpipe.assembly.window_backfill import backfill_windows
+        from ctxpipe.storage.cold import ColdStore
 
         async with ColdStore(settings.s3) as cold:
             result = await backfill_windows(settings, cold, int((time.time() - args.since_minutes * 60) * 1000))
         print(orjson.dumps({"seen": result.seen, "stored": result.stored}).decode())
     elif args.cmd == "cleanup":
-        from storage.retention import cleanup
+        from ctxpipe.storage.retention import cleanup
 
         cleaned = await cleanup(settings)
         print(orjson.dumps({"removed": cleaned.removed, "redis_keys": cleaned.redis_keys}).decode())
@@ -163,15 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "publish":
             asyncio.run(_publish(args.path, validate=not args.no_validate))
         elif args.cmd == "serve":
-            from ctxpipe.service import serve_forever
+            from ctxpipe.app.service import serve_forever
 
             serve_forever(get_settings(), demo=args.demo)
         elif args.cmd == "worker":
-            from ctxpipe.service import run_worker
+            from ctxpipe.app.service import run_worker
 
             asyncio.run(run_worker(get_settings()))
         elif args.cmd == "demo":
-            from ctxpipe.demo import run_demo
+            from ctxpipe.app.demo import run_demo
 
             asyncio.run(run_demo(get_settings()))
         elif args.cmd in _VERSION_COMMANDS:

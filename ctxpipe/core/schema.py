@@ -1,4 +1,4 @@
-"""Write the public JSON Schema of the event contract: ``python -m streams.schema``."""
+"""Write the public JSON Schema of the event contract: ``python -m ctxpipe.core.schema``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from streams.events import SourceEvent
+from ctxpipe.core.events import SourceEvent
 
 SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
 

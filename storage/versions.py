@@ -40,15 +40,15 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import WatchError
 
-from ctxpipe.errors import CtxPipeError, DependencyUnavailableError
-from ctxpipe.settings import Settings
-from ctxpipe.tasks import cancel_and_wait
-from processors.chunking import ChunkingSettings
-from storage.exceptions import StorageUnavailableError
-from storage.base import AsyncCloseable
-from storage.hot import HotStore, redis_client, translate_redis_errors
-from storage.semantic import open_semantic_store
-from storage.semantic.base import SemanticStore
+from ctxpipe.core.errors import CtxPipeError, DependencyUnavailableError
+from ctxpipe.core.settings import Settings
+from ctxpipe.core.tasks import cancel_and_wait
+from ctxpipe.processors.chunking import ChunkingSettings
+from ctxpipe.storage.exceptions import StorageUnavailableError
+from ctxpipe.storage.base import AsyncCloseable
+from ctxpipe.storage.hot import HotStore, redis_client, translate_redis_errors
+from ctxpipe.storage.semantic import open_semantic_store
+from ctxpipe.storage.semantic.base import SemanticStore
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ async def version_stores(settings: Settings, name: str) -> AsyncIterator[tuple[H
 
 
 class Switchable(Protocol):
-    """What a serving process exposes to the watcher (``ctxpipe.runtime.Runtime`` fits)."""
+    """What a serving process exposes to the watcher (``ctxpipe.app.runtime.Runtime`` fits)."""
 
     settings: Settings
     hot: HotStore
@@ -384,7 +384,7 @@ async def resolve_serving(settings: Settings) -> tuple[str, Settings, ChunkingSe
                 continue
             raise DependencyUnavailableError(
                 f"cannot reach Redis at {settings.redis.url}: start the local stack with "
-                "`python -m infra up` or fix the CTX_* settings"
+                "`python -m ctxpipe.infra up` or fix the CTX_* settings"
             ) from exc
     if info is not None and info.status is VersionStatus.DROPPED:
         raise VersionError(f"version {name!r} was dropped")

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from assembly.api import create_api
-from ctxpipe.runtime import Runtime, open_runtime
-from ctxpipe.settings import Settings
-from infra.testing import free_port
-from processors.embedding import HashEmbedder
+from ctxpipe.assembly.api import create_api
+from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.core.settings import Settings
+from ctxpipe.infra.testing import free_port
+from ctxpipe.processors.embedding import HashEmbedder
 
 
 @asynccontextmanager
@@ -52,7 +52,7 @@ async def test_the_api_answers_while_kafka_is_unreachable(test_settings: Setting
 
 
 async def test_the_background_worker_ingests_when_kafka_is_there(test_settings: Settings) -> None:
-    from streams.publisher import Publisher
+    from ctxpipe.streams.publisher import Publisher
 
     async with open_runtime(test_settings, worker=True, background_worker=True, model=HashEmbedder()) as rt:
         assert rt.worker is not None

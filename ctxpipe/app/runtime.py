@@ -15,26 +15,26 @@ import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from ctxpipe.errors import CtxPipeError, DependencyUnavailableError
-from ctxpipe.settings import Settings
-from ctxpipe.tasks import cancel_and_wait
-from ctxpipe.versions import BASE_VERSION, ServingWatcher, VersionRegistry, resolve_serving, version_settings
-from processors.chunking import ChunkingSettings
-from processors.embedding import CachedEmbedder, Embedder, make_embedder
-from processors.tokens import LocalTokenCounter
-from storage.cold import ColdStore
-from storage.hot import EmbeddingCacheRedis, HotStore
-from storage.ledger import EventLedger
-from storage.semantic import open_semantic_store
-from storage.semantic.base import SemanticStore
-from storage.snapshots import run_snapshots
-from streams.app import running_app
-from streams.dlq import KafkaDeadLetterSink
-from streams.ingest import BatchResult, IngestPipeline
-from streams.records import RawRecord
-from streams.summaries import SummarizingPipeline, SummaryScheduler, open_summaries
-from streams.lag import ProgressTracker, track_lag
-from streams.topics import ensure_topics
+from ctxpipe.core.errors import CtxPipeError, DependencyUnavailableError
+from ctxpipe.core.settings import Settings
+from ctxpipe.core.tasks import cancel_and_wait
+from ctxpipe.storage.versions import BASE_VERSION, ServingWatcher, VersionRegistry, resolve_serving, version_settings
+from ctxpipe.processors.chunking import ChunkingSettings
+from ctxpipe.processors.embedding import CachedEmbedder, Embedder, make_embedder
+from ctxpipe.processors.tokens import LocalTokenCounter
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import EmbeddingCacheRedis, HotStore
+from ctxpipe.storage.ledger import EventLedger
+from ctxpipe.storage.semantic import open_semantic_store
+from ctxpipe.storage.semantic.base import SemanticStore
+from ctxpipe.storage.snapshots import run_snapshots
+from ctxpipe.streams.app import running_app
+from ctxpipe.streams.dlq import KafkaDeadLetterSink
+from ctxpipe.streams.ingest import BatchResult, IngestPipeline
+from ctxpipe.streams.records import RawRecord
+from ctxpipe.streams.summaries import SummarizingPipeline, SummaryScheduler, open_summaries
+from ctxpipe.streams.lag import ProgressTracker, track_lag
+from ctxpipe.streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Runtime:
     embedder: CachedEmbedder
     pipeline: IngestPipeline
     app: faust.App | None
-    # The index version the API serves (ctxpipe.versions); a switch swaps hot/semantic.
+    # The index version the API serves (ctxpipe.storage.versions); a switch swaps hot/semantic.
     version: str = "base"
     # The background summary stage (issue 5); None without a worker.
     summaries: SummaryScheduler | None = None
@@ -62,7 +62,7 @@ class Runtime:
         if self.follower is not None:
             self.pipeline = await self.follower.follow(name, hot, semantic)
             self.summaries = self.follower.summaries
-    # Per-partition ingest progress (streams.lag); None without a worker.
+    # Per-partition ingest progress (ctxpipe.streams.lag); None without a worker.
     progress: ProgressTracker | None = None
 
     async def health(self) -> dict[str, Any]:
@@ -198,7 +198,7 @@ class PipelineFollower:
             end = {p: done_old.get(p, -1) + 1 for p in mine}
             gap = {p: start[p] for p in mine if start[p] < end[p]}
             if gap:
-                from streams.replay import Replayer  # the composition root wires replay in
+                from ctxpipe.streams.replay import Replayer  # the composition root wires replay in
 
                 applied = await Replayer(self.settings, name, chunking=chunking or ChunkingSettings(),
                                          model=self.embedder.inner).apply_range(
@@ -326,7 +326,7 @@ def _item(chunk: Any) -> dict[str, Any]:
 
 async def _check_reachable(settings: Settings, hot: HotStore, *, kafka: bool = True) -> None:
     """Fail at start-up with one clear line instead of a driver stack trace later."""
-    hint = "start the local stack with `python -m infra up` or fix the CTX_* settings"
+    hint = "start the local stack with `python -m ctxpipe.infra up` or fix the CTX_* settings"
     try:
         await hot.ping()
     except CtxPipeError as exc:

@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from ctxpipe.settings import Settings, to_env
-from infra.testing import free_port
-from storage.cold import ColdStore
-from storage.hot import HotStore
-from streams.publisher import Publisher
+from ctxpipe.core.settings import Settings, to_env
+from ctxpipe.infra.testing import free_port
+from ctxpipe.storage.cold import ColdStore
+from ctxpipe.storage.hot import HotStore
+from ctxpipe.streams.publisher import Publisher
 
 TENANT = "acme"
 N_SCOPES = 12

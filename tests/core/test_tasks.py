@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ctxpipe.tasks import cancel_and_wait
+from ctxpipe.core.tasks import cancel_and_wait
 
 
 async def test_a_worker_that_swallows_one_cancellation_is_cancelled_again() -> None:

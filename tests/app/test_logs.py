@@ -1,4 +1,4 @@
-"""ctxpipe.logs: our own lines at log.level, libraries at log.library_level, text or JSON."""
+"""ctxpipe.app.logs: our own lines at log.level, libraries at log.library_level, text or JSON."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from ctxpipe.logs import OWN_PACKAGES, configure_logging
-from ctxpipe.settings import LogSettings
+from ctxpipe.app.logs import OWN_PACKAGES, configure_logging
+from ctxpipe.core.settings import LogSettings
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def _restore_logging() -> Iterator[None]:
 
 def _emit(capsys: pytest.CaptureFixture[str]) -> list[str]:
     capsys.readouterr()  # what earlier tests' background threads wrote is not ours
-    logging.getLogger("streams.app").info("worker joined")
+    logging.getLogger("ctxpipe.streams.app").info("worker joined")
     logging.getLogger("faust.transport").info("Starting...")
     logging.getLogger("aiokafka.consumer").warning("coordinator dead")
     logging.getLogger().info("Quantization parameters for tensor not specified")
@@ -52,14 +52,14 @@ def test_text_defaults_keep_library_info_out(capsys: pytest.CaptureFixture[str])
     configure_logging(LogSettings())
     lines = _emit(capsys)
     assert len(lines) == 2
-    assert lines[0].endswith("INFO streams.app: worker joined")
+    assert lines[0].endswith("INFO ctxpipe.streams.app: worker joined")
     assert lines[1].endswith("WARNING aiokafka.consumer: coordinator dead")
 
 
 def test_json_lines_and_access_log(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(LogSettings(format="json", access_log=True, library_level="INFO"))
     docs = [orjson.loads(line) for line in _emit(capsys)]
-    assert [d["logger"] for d in docs] == ["streams.app", "faust.transport", "aiokafka.consumer", "root", "uvicorn.access"]
+    assert [d["logger"] for d in docs] == ["ctxpipe.streams.app", "faust.transport", "aiokafka.consumer", "root", "uvicorn.access"]
     assert docs[0]["level"] == "info" and docs[0]["message"] == "worker joined"
     assert docs[0]["ts"].endswith("+00:00")
 
@@ -69,9 +69,9 @@ def test_handlers_another_uvicorn_left_behind_are_replaced(capsys: pytest.Captur
     access.addHandler(logging.StreamHandler())  # what uvicorn's own log config installs
     access.propagate = False
     configure_logging(LogSettings(format="json", access_log=True))
-    assert [orjson.loads(ln)["logger"] for ln in _emit(capsys)] == ["streams.app", "aiokafka.consumer", "uvicorn.access"]
+    assert [orjson.loads(ln)["logger"] for ln in _emit(capsys)] == ["ctxpipe.streams.app", "aiokafka.consumer", "uvicorn.access"]
 
 
 def test_own_level_can_be_raised(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging(LogSettings(level="WARNING"))
-    assert [ln for ln in _emit(capsys) if "streams.app" in ln] == []
+    assert [ln for ln in _emit(capsys) if "ctxpipe.streams.app" in ln] == []

@@ -13,10 +13,10 @@ from typing import Final
 
 import orjson
 
-from ctxpipe.settings import LogSettings
+from ctxpipe.core.settings import LogSettings
 
-# Top-level packages whose loggers are ours; every other logger is a library's.
-OWN_PACKAGES: Final = ("ctxpipe", "streams", "processors", "storage", "assembly", "infra")
+# Every module of ours logs under "ctxpipe."; every other logger is a library's.
+OWN_PACKAGES: Final = ("ctxpipe",)
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,7 +45,7 @@ def configure_logging(settings: LogSettings) -> None:
     root.setLevel(settings.library_level)
     for name in OWN_PACKAGES:
         logging.getLogger(name).setLevel(settings.level)
-    # uvicorn configures its own loggers when it starts; ctxpipe.service passes it
+    # uvicorn configures its own loggers when it starts; ctxpipe.app.service passes it
     # log_config=None so these levels and this handler stay in force.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         # A uvicorn started earlier in the process with its own log config left handlers

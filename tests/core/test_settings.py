@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from ctxpipe.settings import Settings, to_env
+from ctxpipe.core.settings import Settings, to_env
 
 
 def test_to_env_round_trips_every_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,1 @@
+"""The contract and shared types at the bottom of the layers: events, errors, settings, task helpers."""
