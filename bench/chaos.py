@@ -47,7 +47,7 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 
 from ctxpipe.core.settings import Settings, to_env  # noqa: E402
 from ctxpipe.infra.stack import Stack  # noqa: E402
-from ctxpipe.infra.testing import free_port, isolated_stack_settings  # noqa: E402
+from ctxpipe.infra.testing import free_port, isolated_stack  # noqa: E402
 from ctxpipe.storage.exceptions import StorageUnavailableError  # noqa: E402
 from ctxpipe.storage.hot import HotStore  # noqa: E402
 from ctxpipe.core.events import EventPosition  # noqa: E402
@@ -277,12 +277,13 @@ async def main(args: argparse.Namespace) -> None:
 async def run(args: argparse.Namespace, home: Path | None = None) -> dict[str, Any]:
     """One chaos run on its own stack under ``home`` (a temporary folder by default); the report."""
     home = home or Path(tempfile.mkdtemp(prefix="ctxpipe-chaos-"))
-    base = isolated_stack_settings(Settings(), home / "stack")
+    iso = isolated_stack(Settings(), home / "stack")
+    base = iso.settings
     settings = base.model_copy(update={
         "api": base.api.model_copy(update={"host": "127.0.0.1", "port": free_port()}),
         "qdrant": base.qdrant.model_copy(update={"edge_path": home / "edge"}),
     })
-    stack = Stack(settings)
+    stack = Stack(settings, options=iso.options)
     print(f"stack and logs under {home}", flush=True)
     stack.up()
     service = Service(settings, home / "service.log")

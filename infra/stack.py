@@ -1,6 +1,6 @@
 """The local stack: real Kafka (KRaft), Redis and S3Proxy servers on 127.0.0.1.
 
-Everything lives under ``settings.stack.home`` (default ``.stack/``, git-ignored)::
+Everything lives under ``CTX_STACK__HOME`` (:class:`StackSettings`; default ``.stack/``, git-ignored)::
 
     jars/kafka-<ver>/, jars/s3proxy-<ver>/   resolved once from Maven Central
     conf/                                     generated config (secrets: mode 0600)
@@ -8,7 +8,7 @@ Everything lives under ``settings.stack.home`` (default ``.stack/``, git-ignored
     logs/<service>.log                        server output
     run/<service>.pid                         "<pid> <start-time> <pgid>" of our servers
 
-Servers are detached (own session, parent is init) so ``python -m infra up`` can exit.
+Servers are detached (own session, parent is init) so ``python -m ctxpipe.infra up`` can exit.
 A pidfile names a server only while that pid still has the recorded start time, so a
 reused pid is never mistaken for ours (and never signalled).
 
@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 from ctxpipe.core.settings import Settings
 from ctxpipe.infra import packages
+from ctxpipe.infra.settings import StackSettings
 from ctxpipe.infra.exceptions import (
     DownloadError,
     JavaNotFoundError,
@@ -319,7 +320,7 @@ class _JavaService(_Service):
     @property
     def nice(self) -> int:
         # Kafka and S3Proxy are the background of a request (the window log and archive).
-        return self.settings.stack.background_nice
+        return self.stack.options.background_nice
 
     @property
     @abstractmethod
@@ -327,7 +328,7 @@ class _JavaService(_Service):
 
     @property
     def jar_dir(self) -> Path:
-        return self.settings.stack.jars / f"{self.pom_dir}-{self.version}"
+        return self.stack.options.jars / f"{self.pom_dir}-{self.version}"
 
     def jars_ready(self) -> bool:
         return (self.jar_dir / ".complete").exists()
@@ -378,7 +379,7 @@ class _Kafka(_JavaService):
 
     @property
     def version(self) -> str:
-        return self.settings.stack.kafka_version
+        return self.stack.options.kafka_version
 
     @property
     def log4j2(self) -> bool:
@@ -469,7 +470,7 @@ class _Kafka(_JavaService):
             log_opt = f"-Dlog4j2.configurationFile={self.conf.with_name('log4j2.properties')}"
         else:
             log_opt = f"-Dlog4j.configuration=file:{self.conf.with_name('log4j.properties')}"
-        heap = self.settings.stack.kafka_heap
+        heap = self.stack.options.kafka_heap
         jvm = [self.stack.check_java(), log_opt, "-Djava.awt.headless=true", "-cp", self.classpath()]
         if tool is not None:
             return [*jvm, "-Xmx256m", f"kafka.tools.{tool}"]
@@ -602,7 +603,7 @@ class _S3Proxy(_JavaService):
 
     @property
     def version(self) -> str:
-        return self.settings.stack.s3proxy_version
+        return self.stack.options.s3proxy_version
 
     @property
     def data_dir(self) -> Path:
@@ -646,7 +647,7 @@ class _S3Proxy(_JavaService):
         return {**super().env(), "LOG_LEVEL": "info"}
 
     def command(self) -> list[str]:
-        return [self.stack.check_java(), f"-Xmx{self.settings.stack.s3proxy_heap}",
+        return [self.stack.check_java(), f"-Xmx{self.stack.options.s3proxy_heap}",
                 "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
                 "-cp", self.classpath(), "org.gaul.s3proxy.Main", "--properties", str(self.conf)]
 
@@ -701,9 +702,12 @@ class Stack:
     """Start, stop and inspect the local servers. Safe to call from several processes:
     ``up``/``down``/``start``/``stop`` hold a file lock under ``run/``."""
 
-    def __init__(self, settings: Settings, notify: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, notify: Callable[[str], None] | None = None, *,
+                 options: StackSettings | None = None) -> None:
         self.settings = settings
-        self.home = settings.stack.home
+        # The stack's own knobs, from CTX_STACK__* unless given.
+        self.options = options if options is not None else StackSettings()
+        self.home = self.options.home
         # Long one-time steps (a package install, a jar download) are announced through this.
         self.notify: Callable[[str], None] = notify or (lambda _: None)
         self._java: str | None = None
@@ -863,7 +867,7 @@ class Stack:
         return True
 
     def _wait_healthy(self, svc: _Service, rec: _PidRecord) -> None:
-        timeout = self.settings.stack.start_timeout_s
+        timeout = self.options.start_timeout_s
         deadline = time.monotonic() + timeout
         while True:
             if not _alive(rec):
@@ -887,7 +891,7 @@ class Stack:
     def _terminate(self, svc: _Service, rec: _PidRecord) -> None:
         """SIGTERM (Kafka shuts down cleanly, Redis flushes its AOF), SIGKILL on timeout."""
         _signal(rec, signal.SIGTERM)
-        if not _wait_exit(rec, self.settings.stack.stop_timeout_s):
+        if not _wait_exit(rec, self.options.stop_timeout_s):
             _signal(rec, signal.SIGKILL)
             if not _wait_exit(rec, _KILL_GRACE_S):
                 raise StopError(svc.name, rec.pid)

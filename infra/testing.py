@@ -10,6 +10,8 @@ from typing import Any
 
 from ctxpipe.core.settings import Settings
 from ctxpipe.infra.exceptions import StackError
+from ctxpipe.infra.settings import StackSettings
+from ctxpipe.infra.stack import Stack
 
 
 def unique(prefix: str) -> str:
@@ -24,13 +26,18 @@ def free_port() -> int:
         return port
 
 
-def isolated_stack_settings(base: Settings, home: Path) -> Settings:
-    """Settings for a second, throwaway stack: own home and free ports, shared jar cache."""
+def isolated_stack(base: Settings, home: Path, **options: Any) -> Stack:
+    """A second, throwaway stack: own home (``options`` override its other knobs) and free
+    ports, the jar cache of the stack configured in this environment."""
+    shared = StackSettings()
+    own = shared.model_copy(update={"home": home, "jars_dir": shared.jars, "kafka_heap": "256m", **options})
+    return Stack(isolated_stack_settings(base), options=own)
+
+
+def isolated_stack_settings(base: Settings) -> Settings:
+    """``base`` with free ports for Redis, S3 and Kafka (a second stack beside the shared one)."""
     return base.model_copy(
         update={
-            "stack": base.stack.model_copy(
-                update={"home": home, "jars_dir": base.stack.jars, "kafka_heap": "256m"}
-            ),
             "redis": base.redis.model_copy(update={"url": f"redis://127.0.0.1:{free_port()}/0"}),
             "s3": base.s3.model_copy(update={"endpoint_url": f"http://127.0.0.1:{free_port()}"}),
             "kafka": base.kafka.model_copy(

@@ -141,31 +141,6 @@ class EmbeddingSettings(_Group):
     query_threads: int = Field(default=1, gt=0)
 
 
-class StackSettings(_Group):
-    """Where the local stack keeps its jars, data and logs (git-ignored)."""
-
-    home: Path = PROJECT_ROOT / ".stack"
-    # Shared jar cache; None means ``home / "jars"``. Tests point throwaway stacks at the
-    # main cache so they never download twice.
-    jars_dir: Path | None = None
-    # 3.9.x: the line faust's CI covers; 4.x also works with aiokafka (see infra/stack.py).
-    kafka_version: str = "3.9.2"
-    # 4.x: 2.6.0 rejects the checksum headers boto3 >= 1.36 sends (NotImplemented).
-    s3proxy_version: str = "4.1.0"
-    kafka_heap: str = "512m"
-    s3proxy_heap: str = "256m"
-    # Kafka and S3Proxy start at this nice level (0-19): where they share the cores with the
-    # service (a dev box, the benches), logging and archiving served windows yield to
-    # answering requests. Redis, read on every request, keeps the normal priority.
-    background_nice: int = Field(default=10, ge=0, le=19)
-    start_timeout_s: float = Field(default=90.0, gt=0)
-    stop_timeout_s: float = Field(default=30.0, gt=0)
-
-    @property
-    def jars(self) -> Path:
-        return self.jars_dir if self.jars_dir is not None else self.home / "jars"
-
-
 class ApiSettings(_Group):
     host: str = "127.0.0.1"
     port: int = 8000
@@ -361,7 +336,6 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     qdrant: QdrantSettings = QdrantSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
-    stack: StackSettings = StackSettings()
     api: ApiSettings = ApiSettings()
     interpreter: InterpreterSettings = InterpreterSettings()
     summarizer: SummarizerSettings = SummarizerSettings()

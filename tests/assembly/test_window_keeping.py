@@ -23,7 +23,7 @@ from ctxpipe.assembly.window_backfill import backfill_windows
 from ctxpipe.app.runtime import Runtime, open_runtime
 from ctxpipe.core.settings import Settings
 from ctxpipe.infra.stack import Stack
-from ctxpipe.infra.testing import isolated_stack_settings, unique
+from ctxpipe.infra.testing import isolated_stack, unique
 from ctxpipe.processors.embedding import HashEmbedder
 from ctxpipe.storage.cold import ColdStore, s3_client
 
@@ -43,7 +43,7 @@ async def _api(runtime: Runtime) -> AsyncIterator[tuple[httpx.AsyncClient, Assem
 
 @pytest.fixture
 def own_s3(stack: Stack, tmp_path: Path) -> Iterator[Stack]:
-    iso = Stack(isolated_stack_settings(stack.settings, tmp_path / "stack"))
+    iso = isolated_stack(stack.settings, tmp_path / "stack")
     try:
         iso.up(only=["s3"])
         yield iso

@@ -14,7 +14,7 @@ import pytest
 from ctxpipe.core.settings import PROJECT_ROOT, Settings
 from ctxpipe.infra.exceptions import PortInUseError, ServiceExitedError, StartupTimeoutError
 from ctxpipe.infra.stack import Stack
-from ctxpipe.infra.testing import free_port, isolated_stack_settings
+from ctxpipe.infra.testing import free_port, isolated_stack
 
 
 def _pid_gone(pid: int) -> bool:
@@ -51,12 +51,13 @@ def _run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
     )
 
 
-def _isolated_env(settings: Settings, path: str) -> dict[str, str]:
+def _isolated_env(iso: Stack, path: str, settings: Settings | None = None) -> dict[str, str]:
+    settings = settings or iso.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("CTX_")}
     env.update(
         PATH=path,
-        CTX_STACK__HOME=str(settings.stack.home),
-        CTX_STACK__JARS_DIR=str(settings.stack.jars),
+        CTX_STACK__HOME=str(iso.options.home),
+        CTX_STACK__JARS_DIR=str(iso.options.jars),
         CTX_REDIS__URL=settings.redis.url,
         CTX_S3__ENDPOINT_URL=settings.s3.endpoint_url,
         CTX_KAFKA__BOOTSTRAP_SERVERS=settings.kafka.bootstrap_servers,
@@ -86,13 +87,13 @@ def test_status_prints_one_line_per_service(stack: Stack) -> None:
 @pytest.mark.slow
 def test_down_leaves_no_process(stack: Stack, tmp_path: Path) -> None:
     # A second full stack on free ports, so the shared one keeps serving other tests.
-    iso = Stack(isolated_stack_settings(stack.settings, tmp_path / "stack"))
+    iso = isolated_stack(stack.settings, tmp_path / "stack")
     try:
         assert iso.up() == {"redis", "kafka", "s3"}
         pids = iso.pids()
         assert len(pids) == 3 and _processes_under(iso.home)
         # The window log and archive yield to requests; Redis is on every request's path.
-        background = iso.settings.stack.background_nice
+        background = iso.options.background_nice
         assert background > 0
         assert {n: _nice(p) for n, p in pids.items()} == {"redis": 0, "kafka": background, "s3": background}
         assert iso.up() == set() and iso.pids() == pids  # reuse, also for a fresh Stack object
@@ -110,46 +111,46 @@ def test_port_taken_by_a_stranger_is_one_clear_line(tmp_path: Path) -> None:
         stranger.bind(("127.0.0.1", 0))
         stranger.listen()
         port = stranger.getsockname()[1]
-        base = isolated_stack_settings(Settings(), tmp_path / "stack")
-        settings = base.model_copy(
-            update={"redis": base.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})}
+        iso = isolated_stack(Settings(), tmp_path / "stack")
+        settings = iso.settings.model_copy(
+            update={"redis": iso.settings.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})}
         )
         with pytest.raises(PortInUseError) as info:
-            Stack(settings).up(only=["redis"])
+            Stack(settings, options=iso.options).up(only=["redis"])
         message = str(info.value)
         assert "\n" not in message and f"port {port}" in message and "CTX_REDIS__URL" in message
         assert not list((tmp_path / "stack" / "run").glob("*.pid"))
 
-        out = _run_cli(["up", "--only", "redis"], _isolated_env(settings, os.environ["PATH"]))
+        out = _run_cli(["up", "--only", "redis"], _isolated_env(iso, os.environ["PATH"], settings))
     assert out.returncode == 1
     assert out.stdout == ""
     assert out.stderr.count("\n") == 1 and out.stderr.startswith(f"error: port {port} ")
 
 
 def test_java_missing_is_one_clear_line(tmp_path: Path) -> None:
-    settings = isolated_stack_settings(Settings(), tmp_path / "stack")
+    iso = isolated_stack(Settings(), tmp_path / "stack")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("redis-server", "mvn"):  # everything but java
         found = shutil.which(tool)
         if found is not None:
             (bin_dir / tool).symlink_to(found)
-    out = _run_cli(["up"], _isolated_env(settings, str(bin_dir)))
+    out = _run_cli(["up"], _isolated_env(iso, str(bin_dir)))
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1
     assert out.stderr.startswith("error: java not found on PATH; install a JDK")
-    assert _processes_under(settings.stack.home) == []
+    assert _processes_under(iso.home) == []
 
 
 def test_maven_missing_is_one_clear_line(tmp_path: Path) -> None:
     java = shutil.which("java")
     if java is None:
         pytest.skip("java is not installed")
-    settings = isolated_stack_settings(Settings(), tmp_path / "stack")
+    iso = isolated_stack(Settings(), tmp_path / "stack")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "java").symlink_to(os.path.realpath(java))
-    env = _isolated_env(settings, str(bin_dir))
+    env = _isolated_env(iso, str(bin_dir))
     env["CTX_STACK__JARS_DIR"] = str(tmp_path / "no-jars")  # forces a download
     env["CTX_STACK__S3PROXY_VERSION"] = "0.0.0-missing"
     out = _run_cli(["up", "--only", "s3"], env)
@@ -170,12 +171,7 @@ def test_free_port_is_bindable() -> None:
 
 
 def _isolated(tmp_path: Path, timeout_s: float = 90.0) -> Stack:
-    base = isolated_stack_settings(Settings(), tmp_path / "stack")
-    return Stack(
-        base.model_copy(
-            update={"stack": base.stack.model_copy(update={"start_timeout_s": timeout_s})}
-        )
-    )
+    return isolated_stack(Settings(), tmp_path / "stack", start_timeout_s=timeout_s)
 
 
 def test_server_exiting_during_startup_points_to_its_log(
