@@ -39,3 +39,8 @@ class WindowLogUnavailableError(AssemblyError):
     """A window is not in the cold tier and the windows topic could not be read."""
 
     retriable = True
+
+
+class ReproduceError(CtxPipeError):
+    """The source topic's positions for a rebuild cannot be read (a missing window is
+    :class:`~ctxpipe.assembly.exceptions.WindowNotFoundError`)."""

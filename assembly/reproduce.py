@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from ctxpipe.assembly.models import ContextRequest
 from ctxpipe.assembly.recording import load_window
 from ctxpipe.assembly.service import AssemblyService
+from ctxpipe.assembly.exceptions import ReproduceError
 from ctxpipe.core.errors import CtxPipeError
 from ctxpipe.core.settings import AssemblySettings, Settings
 from ctxpipe.storage.versions import BASE_VERSION, VersionRegistry, version_stores
@@ -36,11 +37,6 @@ from ctxpipe.storage.cold import ColdStore
 from ctxpipe.storage.hot import EmbeddingCacheRedis, HotStore
 from ctxpipe.storage.semantic.base import SemanticStore
 from ctxpipe.streams.replay import Replayer
-
-
-class ReproduceError(CtxPipeError):
-    """The source topic's positions for a rebuild cannot be read (a missing window is
-    :class:`~ctxpipe.assembly.exceptions.WindowNotFoundError`)."""
 
 
 @dataclass(slots=True)

@@ -77,11 +77,6 @@ class SummaryProvider(Protocol):
     async def get(self, tenant: str, scope: str) -> Summary | None: ...
 
 
-class NoSummaries:
-    async def get(self, tenant: str, scope: str) -> Summary | None:
-        return None
-
-
 class Tiers(Protocol):
     """What the service needs from :class:`ctxpipe.app.runtime.Runtime`."""
 
@@ -159,7 +154,7 @@ class AssemblyService:
         self.settings = tiers.settings
         self.config = tiers.settings.assembly
         self.counter = counter if counter is not None else make_counter(self.config)
-        # The stream's running summaries by default (NoSummaries turns the section off).
+        # The stream's running summaries unless another provider is given.
         self.summaries = summaries if summaries is not None else StoredSummaries.from_tiers(tiers.hot, tiers.cold)
         self.recorder = WindowRecorder(tiers.cold, tiers.settings)
         self.window_log = WindowLogReader(tiers.settings)

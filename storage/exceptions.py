@@ -46,3 +46,7 @@ class StorageDataError(StorageError):
 
     def __init__(self, message: str, *, tier: Tier, operation: str) -> None:
         super().__init__(message, tier=tier, operation=operation, retriable=False)
+
+
+class VersionError(CtxPipeError):
+    """A version name is invalid, unknown, or in the wrong state for the operation."""

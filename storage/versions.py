@@ -44,7 +44,7 @@ from ctxpipe.core.errors import CtxPipeError, DependencyUnavailableError
 from ctxpipe.core.settings import Settings
 from ctxpipe.core.tasks import cancel_and_wait
 from ctxpipe.processors.chunking import ChunkingSettings
-from ctxpipe.storage.exceptions import StorageUnavailableError
+from ctxpipe.storage.exceptions import StorageUnavailableError, VersionError
 from ctxpipe.storage.base import AsyncCloseable
 from ctxpipe.storage.hot import HotStore, redis_client, translate_redis_errors
 from ctxpipe.storage.semantic import open_semantic_store
@@ -55,10 +55,6 @@ log = logging.getLogger(__name__)
 BASE_VERSION: Final = "base"
 _START_WAIT_S: Final = 3.0
 _NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,47}$")
-
-
-class VersionError(CtxPipeError):
-    """A version name is invalid, unknown, or in the wrong state for the operation."""
 
 
 class VersionStatus(StrEnum):

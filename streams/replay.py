@@ -34,8 +34,8 @@ from pydantic import ValidationError
 
 from ctxpipe.core.errors import CtxPipeError
 from ctxpipe.core.settings import Settings
+from ctxpipe.storage.exceptions import VersionError
 from ctxpipe.storage.versions import (
-    VersionError,
     VersionInfo,
     VersionRegistry,
     VersionStatus,

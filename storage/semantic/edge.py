@@ -20,8 +20,7 @@ searches walk only its own BM25 posting lists and vectors, and its IDF is its ow
 corpus with no filter to evaluate. On the latency bench's corpus (4 tenants), a
 knowledge-base search cost 2.4 ms against 3.1-4.1 ms in one shared shard, and 4.3-5.9
 ms in a shared shard written in no scope order (by hand). Searches still filter on
-``tenant_scope``. A shard of the earlier layout (one for all tenants, at ``<path>``) is
-split into tenant shards when opened (:func:`_split_shared_shard`).
+``tenant_scope``.
 
 Payloads read back are kept in a :class:`~ctxpipe.storage.semantic.doc_cache.DocCache`
 (``qdrant.doc_cache_points``): Edge's payload read was ~15 % of the child's samples.
@@ -45,7 +44,6 @@ import asyncio
 import fcntl
 import json
 import os
-import shutil
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -91,7 +89,6 @@ _TENANT_PREFIX: Final = "t-"
 # The tenant's name, in a shard folder whose name is hashed (it cannot be decoded).
 _NAME_FILE: Final = "tenant.name"
 # What Edge writes into a shard directory besides its config (removed after a split).
-_SHARD_PARTS: Final = ("segments", "wal")
 # Upserting in slices keeps each engine call (and WAL record) bounded.
 _UPSERT_BATCH: Final = 512
 # The stubs type a fusion query as `Fusion`, but the value is its nested `Fusion.Rrf`.
@@ -150,7 +147,7 @@ class EdgeSemanticStore(PointSearchStore):
         threaded: bool = True,
     ) -> EdgeSemanticStore:
         """Open the store at ``path``: reload the tenant shards there (data survives via
-        WAL and segments), after splitting a shard of the earlier one-for-all layout.
+        WAL and segments).
         ``threaded=False`` runs engine calls on the calling event loop (a process that
         does nothing else: the Edge child); ``doc_cache_points``: see :class:`DocCache`;
         ``search_threads``: each tenant shard's search thread pool (see the module doc)."""
@@ -163,7 +160,10 @@ class EdgeSemanticStore(PointSearchStore):
         try:
             _check_store_file(path, dimension)
             if (path / _CONFIG_FILE).exists():
-                _split_shared_shard(path, dimension, shards, search_threads)
+                raise SemanticSchemaError(
+                    f"{path} holds one shard for all tenants, a layout of a pre-release version: "
+                    "remove the folder and replay the source topic (ctxpipe replay) to rebuild it"
+                )
             for tenant, where in _tenant_dirs(path):
                 if tenant not in shards:
                     shards[tenant] = _open_shard(where, dimension, search_threads)
@@ -527,47 +527,6 @@ def _open_shard(path: Path, dimension: int, search_threads: int) -> qe.EdgeShard
         shard.close()
         raise
     return shard
-
-
-def _split_shared_shard(
-    root: Path, dimension: int, shards: dict[str, qe.EdgeShard], search_threads: int
-) -> None:
-    """Move every point of a shard of the earlier layout (one for all tenants, at
-    ``root``) into its tenant's shard, scope after scope (a scope's points side by side
-    search faster than points in arrival order), then remove it. Upserts are idempotent
-    and the old shard's config goes first when removing it, so a crash anywhere before
-    that repeats the split on the next open and one after it only leaves files behind."""
-    old = _load_or_create(root, dimension, search_threads)
-    try:
-        pairs: set[tuple[str, str]] = set()
-        offset: qe.PointId | None = None
-        while True:
-            request = qe.ScrollRequest(offset=offset, limit=4096, with_payload=["tenant", "scope"], with_vector=False)
-            records, offset = old.scroll(request)
-            pairs.update((str(r.payload["tenant"]), str(r.payload["scope"])) for r in records if r.payload)
-            if offset is None:
-                break
-        for tenant, scope in sorted(pairs):
-            if tenant not in shards:
-                shards[tenant] = _open_tenant_shard(root, tenant, dimension, search_threads)
-            flt = qe.Filter(must=[_eq("tenant", tenant), _eq("scope", scope)])
-            # tenant_scope: points written before it existed get it here.
-            extra = {TENANT_SCOPE: tenant_scope(tenant, scope)}
-            offset = None
-            while True:
-                request = qe.ScrollRequest(offset=offset, limit=1024, filter=flt, with_payload=True, with_vector=True)
-                records, offset = old.scroll(request)
-                points = [qe.Point(r.id, cast(Any, r.vector), {**(r.payload or {}), **extra}) for r in records]
-                shards[tenant].update(qe.UpdateOperation.upsert_points(points))
-                if offset is None:
-                    break
-        for shard in shards.values():
-            shard.flush()
-    finally:
-        old.close()
-    (root / _CONFIG_FILE).unlink()
-    for part in _SHARD_PARTS:
-        shutil.rmtree(root / part, ignore_errors=True)
 
 
 def _lock(path: Path) -> int:

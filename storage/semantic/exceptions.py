@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from ctxpipe.core.errors import CtxPipeError
+from ctxpipe.storage.exceptions import StorageError
 
 
-class SemanticStoreError(CtxPipeError):
-    """Base class of the semantic tier's errors; an engine failure we cannot classify."""
+class SemanticStoreError(StorageError):
+    """Base class of the semantic tier's errors; an engine failure we cannot classify.
+    Its message is the engine's or ours as raised (no "tier, operation" prefix); whether
+    trying again helps is a property of each subclass."""
+
+    def __init__(self, message: str, *, operation: str = "") -> None:
+        CtxPipeError.__init__(self, message)
+        self.tier = "semantic"
+        self.operation = operation
 
 
 class SemanticStoreUnavailable(SemanticStoreError):

@@ -21,7 +21,8 @@ from ctxpipe.assembly.models import ContextRequest
 from ctxpipe.assembly.service import AssemblyService
 from ctxpipe.app.runtime import open_runtime
 from ctxpipe.core.settings import Settings, to_env
-from ctxpipe.storage.versions import VersionError, VersionRegistry, VersionStatus, edge_path_of, version_stores
+from ctxpipe.storage.exceptions import VersionError
+from ctxpipe.storage.versions import VersionRegistry, VersionStatus, edge_path_of, version_stores
 from ingest_helpers import TENANT, mixed_events, wait_applied
 from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
 from ctxpipe.processors.tokens import LocalTokenCounter

@@ -24,7 +24,6 @@ from ctxpipe.storage.semantic import (
     SemanticStoreUnavailable,
     open_semantic_store,
 )
-from ctxpipe.storage.semantic.base import chunk_payload, payload_fields
 
 
 async def test_reopen_reloads_data_and_indexes(tmp_path: Path) -> None:
@@ -111,55 +110,18 @@ async def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:
         await store.count("acme")
 
 
-async def test_points_stored_by_earlier_versions_are_found_after_reopen(tmp_path: Path) -> None:
-    """Earlier versions kept one shard for all tenants, and stored every chunk field flat
-    (no ``doc``), later ones ``doc`` without ``tenant_scope``: opening such a shard splits
-    it into tenant shards, giving each point ``tenant_scope`` (searches filter on it
-    alone), and both kinds of point are searched and read, per tenant."""
+async def test_a_shard_of_the_pre_release_layout_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    """A pre-release version kept one shard for all tenants at the store's root; no data in
+    that layout exists in a release, so it is refused (remove it, replay) rather than migrated."""
     import qdrant_edge as qe
 
-    from ctxpipe.storage.semantic.base import TENANT_SCOPE
     from ctxpipe.storage.semantic.edge import _edge_config
 
-    rng = random.Random(4)
-    old, mid = (make_chunk(f"{w} about zebras", rand_vector(rng), source_id=w) for w in ("old", "mid"))
-    theirs = make_chunk("their zebras", rand_vector(rng), tenant="globex", source_id="theirs")
-    flat = payload_fields(chunk_payload(old))  # a fresh dict: the flat payload of old versions
-    flat["occurred_at"] = old.chunk.occurred_at.timestamp()
-    points = [qe.Point(old.chunk.chunk_id, {"dense": old.vector, "bm25": qe.SparseVector([], [])}, flat)]
-    for item in (mid, theirs):
-        payload = chunk_payload(item)
-        del payload[TENANT_SCOPE]
-        points.append(qe.Point(item.chunk.chunk_id, {"dense": item.vector, "bm25": qe.SparseVector([], [])}, payload))
-    shard = qe.EdgeShard.create(str(tmp_path), _edge_config(DIM, 1))
-    shard.update(qe.UpdateOperation.upsert_points(points))
-    shard.flush()
-    shard.close()
-
-    for _ in range(2):  # split on the first open; the second finds the tenant shards
-        store = EdgeSemanticStore.open(tmp_path, DIM)
-        try:
-            hits = await store.search("acme", ["session:1"], old.vector, "zebras", limit=5)
-            assert {h.chunk.source_id: h.chunk for h in hits} == {"old": old.chunk, "mid": mid.chunk}
-            theirs_hits = await store.search("globex", ["session:1"], old.vector, "zebras", limit=5)
-            assert [h.chunk for h in theirs_hits] == [theirs.chunk]
-            assert sorted(await store.get([old.chunk.chunk_id, mid.chunk.chunk_id]), key=lambda c: c.source_id) == [
-                mid.chunk, old.chunk,
-            ]
-            assert (await store.count("acme"), await store.count("globex")) == (2, 1)
-        finally:
-            await store.aclose()
-        assert not (tmp_path / "edge_config.json").exists() and not (tmp_path / "segments").exists()
-        assert sorted(p.name for p in (tmp_path / "tenants").iterdir()) == ["t-acme", "t-globex"]
-    # Each tenant's shard holds its own points only.
-    alone = qe.EdgeShard.load(str(tmp_path / "tenants" / "t-globex"), _edge_config(DIM, 1))
-    try:
-        records, _ = alone.scroll(qe.ScrollRequest(limit=10, with_payload=["tenant", TENANT_SCOPE]))
-        assert [r.payload for r in records] == [{"tenant": "globex", TENANT_SCOPE: "globex/session:1"}]
-    finally:
-        alone.close()
-
-
+    qe.EdgeShard.create(str(tmp_path), _edge_config(DIM, 1)).close()
+    with pytest.raises(SemanticSchemaError, match="pre-release"):
+        EdgeSemanticStore.open(tmp_path, DIM)
+    store = EdgeSemanticStore.open(tmp_path / "fresh", DIM)  # the lock was let go
+    await store.aclose()
 async def test_a_shard_per_tenant_whatever_its_name(tmp_path: Path) -> None:
     rng = random.Random(11)
     # Long names (256 ASCII, 30 CJK, 64 emoji) are over a folder name's 255 bytes once
