@@ -2,10 +2,10 @@
 
 Within ``flush_s`` (default 1 s) of being served, each window is logged to the windows
 topic and stored in the cold tier, there in **batches**: one gzipped JSON-lines object per
-tenant and flush (or per ``batch_max`` windows), instead of one object per window. An S3 PUT costs the same
-whatever its size (in CPU here: ~1.3 ms of boto3 per call, timed by hand; in money on
-AWS: per request), and at a hundred windows a second the per-window PUTs were a tenth of
-the service's CPU.
+tenant and flush (or per ``batch_max`` windows), instead of one object per window. An S3
+PUT costs about the same whatever its size (in client CPU, and in money on AWS: per
+request), and per-window PUTs were a large share of the service's CPU at a hundred
+windows a second (docs/performance.md).
 
 A window is found again by its trace id alone: trace ids are UUIDv7 (hex), so they carry
 the millisecond they were issued, and a batch's key carries the minute of its first trace
@@ -315,8 +315,8 @@ class WindowRecorder:
             if self._producer is None:
                 # A window is ~20 kB of JSON: with the default 16 kB batches each one was its
                 # own batch, and a flush of ~140 windows ~35 produce round trips a partition.
-                # 512 kB batches (under the broker's 1 MB message limit): the broker's CPU
-                # per window fell from 0.21-0.45 to 0.11-0.13 ms (by hand, closed loop).
+                # 512 kB batches (under the broker's 1 MB message limit) about halved the
+                # broker's CPU per window (docs/performance.md).
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self._bootstrap, acks=1, linger_ms=5, max_batch_size=512 * 1024
                 )

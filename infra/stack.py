@@ -475,9 +475,8 @@ class _Kafka(_JavaService):
         if tool is not None:
             return [*jvm, "-Xmx256m", f"kafka.tools.{tool}"]
         # The heap is sized at start (-Xms = -Xmx): grown from 128 MB, G1 ran concurrent
-        # marking cycles under the window log's 512 kB produce batches, and the broker's CPU
-        # per served window swung between 0.3 and 1.1 ms (0.27-0.33 ms sized; by hand,
-        # closed loop, 15 s rounds taking turns).
+        # marking cycles under the window log's 512 kB produce batches and the broker's CPU
+        # per served window swung widely (docs/performance.md).
         return [*jvm, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
                 "-XX:+ExitOnOutOfMemoryError", "kafka.Kafka"]
 
@@ -656,7 +655,7 @@ class _S3Proxy(_JavaService):
 
 
 def _s3_list_buckets(settings: Settings, timeout_s: float) -> bool:
-    # Imported here: boto3 costs ~0.3 s and the CLI often does not need it.
+    # Imported here: boto3 is slow to import and the CLI often does not need it.
     from botocore.exceptions import BotoCoreError, ClientError
 
     from ctxpipe.storage.cold import s3_client

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    # Imported where a client is built or its error read: the SDK costs ~1.8 s of CPU to
-    # import, paid by every `ctxpipe serve` start (and restart) that never calls Claude.
+    # Imported where a client is built or its error read: the SDK is slow to import, a
+    # cost every `ctxpipe serve` start (and restart) that never calls Claude would pay.
     import anthropic
 
 from ctxpipe.core.errors import ConfigurationError

@@ -60,8 +60,8 @@ async def open_semantic_store(settings: QdrantSettings, dimension: int) -> Seman
                 EdgeSemanticStore.open, settings.edge_path, dimension, doc_cache_points=cache, search_threads=threads
             )
         )
-    # Imported for the server mode only: qdrant-client costs ~1.5 s of CPU to import, paid
-    # by every start of the service and of the Edge child that never talks to a server.
+    # Imported for the server mode only: qdrant-client is slow to import, a cost every
+    # start of the service and of the Edge child would pay without ever talking to a server.
     from qdrant_client import AsyncQdrantClient
 
     from ctxpipe.storage.semantic.server import ServerSemanticStore

@@ -30,8 +30,8 @@ from ctxpipe.core.events import EventKind, Role
 DENSE: Final = "dense"
 SPARSE: Final = "bm25"
 # One field naming tenant and scope together (tenants hold no "/"): a search filters on it
-# alone. Edge checked two conditions per candidate at ~0.3 us a point; one condition
-# halves a dense search of a 5k-chunk scope (2.1 -> 1.0 ms, timed on the bench corpus).
+# alone: the engine checks one condition per candidate instead of two (about half the
+# cost of a filtered dense search; docs/performance.md, "Measurements behind the code").
 TENANT_SCOPE: Final = "tenant_scope"
 # Payload fields with an index: tenant_scope filters every Edge query, tenant and scope the
 # server's and counts, source_id drives deletes, kind is an optional search filter.
@@ -52,9 +52,9 @@ class SemanticHit:
 
 
 # The stored payload keeps the fields filters and indexes need as plain fields, and the
-# whole chunk in ``doc``, one JSON string: engines hand payloads to Python field by field
-# (Edge: ~25 us a point for the flat 17-field payload, ~4 us for one string, timed on the
-# bench corpus), and one string also pickles and parses fast (orjson) in the caller.
+# whole chunk in ``doc``, one JSON string: engines hand payloads to Python field by field,
+# so one string is several times cheaper to read back than the flat payload, and it also
+# pickles and parses fast (orjson) in the caller (docs/performance.md).
 DOC: Final = "doc"
 
 
@@ -168,7 +168,7 @@ def hit_from_payload(
 # A search result as the engine gives it: (chunk id, score, stored payload -- its ``doc``
 # string, or the whole payload of a point written before ``doc`` -- or None when the
 # caller already holds that chunk, stored dense vector when asked for). Plain data, so it
-# crosses a process boundary cheaply (pickling decoded chunks costs ~30 us each).
+# crosses a process boundary cheaply (pickling decoded chunks costs far more).
 PointHit = tuple[str, float, "str | dict[str, Any] | None", "list[float] | None"]
 
 

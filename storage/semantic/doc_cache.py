@@ -1,10 +1,10 @@
 """The stored chunks (``doc`` strings) of recently read points, kept by the store that
 owns the shard.
 
-Why: reading a payload back from Edge costs ~4.5 us a point (timed by hand: the engine
-decodes it and builds Python objects), ~15 % of the Edge child's samples under bench load
-(py-spy). A conversation's scope is searched on every turn, so the same chunks come back
-again and again. bench/edge_search_cost.py measures searches with and without it.
+Why: reading a payload back from Edge is a large part of a search's cost (the engine
+decodes it and builds Python objects; docs/performance.md), and a conversation's scope is
+searched on every turn, so the same chunks come back again and again.
+bench/edge_search_cost.py measures searches with and without it.
 
 Correct by construction because every write to the shard goes through the store that
 owns this cache: an upsert forgets the ids it wrote, *after* the write, and bumps

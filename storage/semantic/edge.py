@@ -17,20 +17,16 @@ One shard per tenant (``<path>/tenants/t-<tenant, percent-encoded>``; a name too
 for a folder is hashed by :func:`ctxpipe.storage.names.safe_segment`, and the tenant's name is
 kept in the folder's ``tenant.name`` file): a tenant's
 searches walk only its own BM25 posting lists and vectors, and its IDF is its own
-corpus with no filter to evaluate. On the latency bench's corpus (4 tenants), a
-knowledge-base search cost 2.4 ms against 3.1-4.1 ms in one shared shard, and 4.3-5.9
-ms in a shared shard written in no scope order (by hand). Searches still filter on
-``tenant_scope``.
+corpus with no filter to evaluate (cheaper than one shared shard: docs/performance.md).
+Searches still filter on ``tenant_scope``.
 
 Payloads read back are kept in a :class:`~ctxpipe.storage.semantic.doc_cache.DocCache`
-(``qdrant.doc_cache_points``): Edge's payload read was ~15 % of the child's samples.
+(``qdrant.doc_cache_points``): reading payloads is a large part of a search's cost.
 
 Each shard's search thread pool has one thread (``qdrant.edge_search_threads``), not
 Edge's default of one per CPU: a search here is one request's, and concurrent requests
-already keep the cores busy. With the default pool the Edge child's threads were
-preempted ~300 times per request under load, and replaying 800 recorded search calls
-against the bench shard cost 0.93-1.17 ms of CPU a call with two threads (the default on
-2 CPUs) against 0.79-0.82 ms with one (by hand, 3 runs each, taking turns).
+already keep the cores busy; more threads per search only add hand-offs and preemption
+(measured: docs/performance.md).
 
 Edge has no background optimizer: points stay in plain (brute-force) segments until
 ``optimize()`` is called. Tenant/scope-filtered searches are served from the payload
@@ -93,9 +89,9 @@ _NAME_FILE: Final = "tenant.name"
 _UPSERT_BATCH: Final = 512
 # The stubs type a fusion query as `Fusion`, but the value is its nested `Fusion.Rrf`.
 _RRF: Final = cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K))
-# Points per engine call of warm_up (~3 ms each).
+# Points per engine call of warm_up: small slices, so the event loop gets turns between them.
 _WARM_UP_SLICE: Final = 256
-# Engine threads per store: searches are short and CPU-bound (2-core machines).
+# Engine threads per store: searches are short and CPU-bound.
 _ENGINE_THREADS: Final = 4
 
 
@@ -334,9 +330,8 @@ class EdgeSemanticStore(PointSearchStore):
 
     async def warm_up(self, max_points: int) -> int:
         """Scroll the ``doc`` payloads: Edge keeps payloads on disk and a point's first read
-        in a process costs several times a later one (a 100-hit search of a fresh process:
-        4.5 ms, then 1.9 ms; 100k points read in ~1.4 s, timed by hand). Small slices, so
-        in-process the event loop gets the GIL between them."""
+        in a process costs several times a later one (docs/performance.md). Small slices,
+        so in-process the event loop gets the GIL between them."""
         done = 0
         for shard in self._all_shards():
             offset: qe.PointId | None = None
