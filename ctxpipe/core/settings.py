@@ -103,8 +103,8 @@ class QdrantSettings(_Group):
     # config onnx-inproc for the other way: about half the saturated rate).
     edge_process: bool = True
     # The API reads up to this many stored chunks once at start-up, in the background
-    # (Edge's first read of a point in a process costs ~2-3x a later one); 0: off.
-    warm_up_points: int = Field(default=1_000_000, ge=0)
+    # (Edge's first read of a point in a process costs several times a later one); 0: off.
+    warm_up_points: int = Field(default=100_000, ge=0)
     # Stored chunks read back from Edge kept in memory by the store (storage/semantic/
     # doc_cache.py): ~0.7 kB each, so 200k is ~150 MB; 0: off.
     doc_cache_points: int = Field(default=200_000, ge=0)

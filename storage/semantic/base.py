@@ -138,24 +138,14 @@ def _chunk(point_id: object, f: dict[str, Any]) -> Chunk:
 
 
 _CHUNK_FIELDS: Final = frozenset(Chunk.model_fields)
-_new_chunk = Chunk.__new__
-_set = object.__setattr__
 
 
 def stored_chunk(fields: dict[str, Any]) -> Chunk:
     """A Chunk from the values of every one of its fields, without validation: they were
-    validated when the chunk was stored. What ``Chunk.model_construct`` ends up doing,
-    without its per-field walk over aliases and defaults (4.5 against 1.7 us a chunk, by
-    hand; a request decodes 80-200 candidates). tests/storage/semantic/test_payload.py
-    checks that the result equals ``model_construct``'s."""
+    validated when the chunk was stored, and a request decodes 80-200 candidates."""
     if fields.keys() != _CHUNK_FIELDS:
         raise ValueError(f"stored chunk fields differ from Chunk's: {sorted(fields.keys() ^ _CHUNK_FIELDS)}")
-    m = _new_chunk(Chunk)
-    _set(m, "__dict__", fields)
-    _set(m, "__pydantic_fields_set__", set(_CHUNK_FIELDS))
-    _set(m, "__pydantic_extra__", None)
-    _set(m, "__pydantic_private__", None)
-    return m
+    return Chunk.model_construct(**fields)
 
 
 def hit_from_payload(
