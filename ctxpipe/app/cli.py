@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     serve = sub.add_parser("serve", help="run worker + API in one process (single-node mode)")
     serve.add_argument("--demo", action="store_true", help="publish demo events once up")
-    sub.add_parser("worker", help="run the ingestion worker only")
+    sub.add_parser("worker", help="run the ingestion worker only (several form one consumer group)")
+    sub.add_parser("api", help="run the API only (several behind a load balancer; CTX_QDRANT__MODE=server)")
     pub = sub.add_parser("publish", help="publish JSON lines from a file or stdin")
     pub.add_argument("path", nargs="?", default="-")
     pub.add_argument("--no-validate", action="store_true", help="send as-is (server validates)")
@@ -166,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             from ctxpipe.app.service import serve_forever
 
             serve_forever(get_settings(), demo=args.demo)
+        elif args.cmd == "api":
+            from ctxpipe.app.service import serve_forever
+
+            serve_forever(get_settings(), worker=False)
         elif args.cmd == "worker":
             from ctxpipe.app.service import run_worker
 

@@ -84,7 +84,8 @@ class Runtime:
         elif self.app is not None:
             crashed = getattr(self.app, "crash_reason", None)
             checks["worker"] = f"crashed: {crashed}" if crashed else "ok"
-        report: dict[str, Any] = {"ok": False, "checks": checks}
+        # The index version this process serves: after a switch every process reports the new one.
+        report: dict[str, Any] = {"ok": False, "checks": checks, "version": self.version}
         if self.progress is not None:
             # A worker alive but making no progress while lag grows is not healthy.
             ingest = self.progress.report()

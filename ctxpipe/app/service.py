@@ -33,7 +33,7 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-async def _serve(settings: Settings, demo: bool) -> None:
+async def _serve(settings: Settings, demo: bool, *, worker: bool) -> None:
     _check_port_free(settings.api.host, settings.api.port)
     if not settings.api.tenant_keys:
         log.warning("no tenant API keys configured (CTX_API__TENANT_KEYS): the API is open")
@@ -41,7 +41,12 @@ async def _serve(settings: Settings, demo: bool) -> None:
     # Edge shard) then reaches the CLI as one clear line instead of a lifespan traceback.
     # The ingest agent joins its consumer group in the background: after a crash that
     # join waits for the dead member's session, and the API needs none of it.
-    async with open_runtime(_with_static_membership(settings), background_worker=True) as runtime:
+    if worker:
+        opened = open_runtime(_with_static_membership(settings), background_worker=True)
+    else:
+        # The API role: no worker here; `ctxpipe worker` processes ingest (server mode).
+        opened = open_runtime(settings, worker=False)
+    async with opened as runtime:
         await _serve_api(settings, runtime, demo)
 
 
@@ -76,8 +81,9 @@ async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
         await task
 
 
-def serve_forever(settings: Settings, *, demo: bool = False) -> None:
-    run_event_loop(_serve(settings, demo))
+def serve_forever(settings: Settings, *, demo: bool = False, worker: bool = True) -> None:
+    """``serve`` (worker and API in one process) or, with ``worker=False``, ``api``."""
+    run_event_loop(_serve(settings, demo, worker=worker))
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
