@@ -2,13 +2,16 @@
 
 The stack starts only when a test asks for ``stack`` (directly or through ``settings``,
 ``kafka_settings``...). A stack that already runs (``python -m ctxpipe.infra up``) is reused and left
-running; what this session started is stopped at the end. Each test gets its own topics,
+running; what this session started is stopped at the end. With ``CTX_TEST_SERVERS=containers``
+the servers come from a container engine instead (:mod:`ctxpipe.infra.containers`), and the
+tests that start, stop or kill the local stack's processes are skipped. Each test gets its own topics,
 consumer group, Redis key prefix, S3 bucket and Qdrant Edge folder, so tests never see
 each other's data.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ import pytest
 
 from ctxpipe.core.errors import CtxPipeError
 from ctxpipe.core.settings import KafkaSettings, RedisSettings, S3Settings, Settings
+from ctxpipe.infra.containers import ContainerServers
 from ctxpipe.infra.stack import Stack
 from ctxpipe.infra.testing import check_created, unique, wait_for_topics
 from ctxpipe.storage.cold import s3_client
@@ -25,12 +29,18 @@ from ctxpipe.storage.cold import s3_client
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # A test that needs the stack is a stack test, marked or not: `-m "not stack"` skips it.
     for item in items:
-        if "stack" in getattr(item, "fixturenames", ()):
+        if {"stack", "servers"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.stack)
+
+
+CONTAINERS = os.environ.get("CTX_TEST_SERVERS", "local") == "containers"
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
+    """The local stack's processes (tests that stop or kill them ask for this)."""
+    if CONTAINERS:
+        pytest.skip("controls the local stack's processes (CTX_TEST_SERVERS=containers)")
     st = Stack(Settings())
     try:
         started = st.up()
@@ -42,8 +52,23 @@ def stack() -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def settings(stack: Stack) -> Settings:
-    return stack.settings
+def servers(request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Settings pointing at running servers: the local stack's, or containers'."""
+    if not CONTAINERS:
+        yield request.getfixturevalue("stack").settings
+        return
+    containers = ContainerServers(Settings())
+    try:
+        yield containers.up()
+    except CtxPipeError as exc:
+        pytest.fail(f"containers: {exc}", pytrace=False)
+    finally:
+        containers.down()
+
+
+@pytest.fixture(scope="session")
+def settings(servers: Settings) -> Settings:
+    return servers
 
 
 @pytest.fixture
