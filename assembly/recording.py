@@ -136,6 +136,8 @@ class WindowRecorder:
         self._retry_max_windows = settings.assembly.record_retry_max_windows
         # Records a sink refused, oldest first, tried again by the retry task.
         self._pending: list[WindowRecord] = []
+        # Refused windows taken for another try, until that try ends.
+        self._retrying: list[WindowRecord] = []
         self._retry_now = asyncio.Event()
         self._retrier: asyncio.Task[None] | None = None
         # Trace time of the oldest window let go from memory, not yet backfilled.
@@ -160,8 +162,10 @@ class WindowRecorder:
 
     @property
     def pending(self) -> int:
-        """Windows a sink refused, waiting for their next try."""
-        return len(self._pending)
+        """Windows a sink refused and no try has stored since: waiting for the next try, or
+        in one now (so 0 means every refused window is in both sinks)."""
+        waiting = {id(r): r for r in (*self._pending, *self._retrying)}
+        return sum(1 for r in waiting.values() if not r.done)
 
     async def drain(self) -> None:
         """Flush what is queued now and try the refused windows once more (when a sink is
@@ -248,8 +252,13 @@ class WindowRecorder:
             self._retrier = asyncio.create_task(self._retry(), name="window-recorder-retry")
 
     async def _flush_all(self, records: Sequence[WindowRecord]) -> None:
-        for start in range(0, len(records), self._batch_max):
-            await self._flush(records[start : start + self._batch_max])
+        self._retrying.extend(records)
+        try:
+            for start in range(0, len(records), self._batch_max):
+                await self._flush(records[start : start + self._batch_max])
+        finally:
+            taken = {id(r) for r in records}
+            self._retrying = [r for r in self._retrying if id(r) not in taken]
 
     def _take_pending(self) -> list[WindowRecord]:
         taken, self._pending = self._pending, []

@@ -91,10 +91,6 @@ async def _until(check: object, timeout_s: float = 60) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "intermittent in the full suite (2 of 3 runs, passes alone): after the outage, the first "
-    "window served during it was not found in the cold tier, though the recorder counted it "
-    "stored; it stays readable through the API (the windows topic). Open defect."))
 async def test_windows_served_during_an_s3_outage_are_readable_and_stored_after_it(
     test_settings: Settings, own_s3: Stack
 ) -> None:
