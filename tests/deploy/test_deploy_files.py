@@ -359,3 +359,53 @@ def test_k8s_settings_come_from_the_configmap_and_the_secret() -> None:
         resources = container["resources"]
         for kind in ("requests", "limits"):
             assert set(resources[kind]) >= {"cpu", "memory"}, f"{name}: {kind}"
+
+
+# -- the values themselves: what ctxpipe would read ------------------------------------------
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a process started with exactly ``env`` would build (pydantic checks
+    every value's type and range: a port that is not a number, an unknown Qdrant mode...)."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("CTX_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def test_compose_services_build_valid_settings_that_reach_the_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.parse import urlsplit
+
+    compose = _compose()
+    services = compose["services"]
+    example = _env_file(DEPLOY / "ctxpipe.env.example")
+    kafka_env = _environment(services["kafka"])
+    for name, service in _ctxpipe_services(compose).items():
+        # Compose gives a container the env file first, then `environment:` over it.
+        settings = _settings_from({**example, **_environment(service)}, monkeypatch)
+        assert settings.qdrant.mode == "server", name
+        assert settings.api.tenant_keys, f"{name}: the example runs the API with tenant keys"
+        # Every address names a service of this file, on the port that service listens on.
+        assert f"PLAINTEXT://{settings.kafka.bootstrap_servers}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"], name
+        for url, service_name, port in (
+            (settings.redis.url, "redis", 6379),
+            (settings.s3.endpoint_url, "s3", int(_environment(services["s3"])["S3PROXY_ENDPOINT"].rsplit(":", 1)[1])),
+            (settings.qdrant.url, "qdrant", 6333),
+        ):
+            parts = urlsplit(url)
+            assert (parts.hostname, parts.port) == (service_name, port), f"{name}: {url}"
+
+
+def test_k8s_pods_build_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _k8s("ConfigMap", "ctxpipe-config")["data"]
+    secret = _k8s("Secret", "ctxpipe-secrets")["stringData"]
+    for name in ("ctxpipe-worker", "ctxpipe-api"):
+        container = _container(_k8s("Deployment", name))
+        # envFrom in order, then env over it; a fieldRef stands in as a pod name.
+        inline = {e["name"]: e.get("value", f"{name}-0") for e in container.get("env", [])}
+        settings = _settings_from({**config, **secret, **inline}, monkeypatch)
+        assert settings.qdrant.mode == "server", name
+        assert settings.api.port == _port_number(_container(_k8s("Deployment", "ctxpipe-api")), "http")
