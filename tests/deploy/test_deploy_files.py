@@ -5,7 +5,8 @@ Nothing here runs a container engine, so the files are checked offline, at schem
 - deploy/compose.yaml against the Compose Specification's JSON schema, vendored next to
   this file as compose-spec.json (Apache-2.0, from the compose-spec/compose-spec
   repository, schema/compose-spec.json at commit a08f8d51631b7127ddac3d2c65537db429d0f1d0,
-  the file's last change when copied on 2026-12-03);
+  the file's last change when copied on 2026-12-03; licence and notice in
+  compose-spec.LICENSE);
 - deploy/k8s/*.yaml against the Kubernetes OpenAPI schemas that the kubernetes-validate
   package bundles (strict: unknown fields are errors), for the oldest and newest
   Kubernetes versions it knows;
