@@ -18,7 +18,7 @@ from ctxpipe.infra.exceptions import StackError
 
 KAFKA_IMAGE = "confluentinc/cp-kafka:7.9.0"  # Kafka 3.9, the local stack's line
 REDIS_IMAGE = "redis:7.4"
-S3_IMAGE = "andrewgaul/s3proxy:sha-4.1.0"  # S3Proxy, as the local stack runs
+S3_IMAGE = "andrewgaul/s3proxy:4.1.0"  # S3Proxy, as the local stack runs (deploy/compose.yaml too)
 QDRANT_IMAGE = "qdrant/qdrant:v1.18.3"  # the server the local tests use (shared/bin)
 
 
