@@ -6,11 +6,13 @@ import asyncio
 import logging
 import signal
 import socket
-from collections.abc import Coroutine
-from contextlib import nullcontext, suppress
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager, nullcontext, suppress
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ctxpipe.assembly.api import create_api
 from ctxpipe.core.errors import ConfigurationError
@@ -97,13 +99,45 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+@asynccontextmanager
+async def _health_endpoint(settings: Settings, runtime: Runtime) -> AsyncIterator[None]:
+    """``/healthz`` and ``/metrics`` of a worker on ``worker.health_port`` (0: none), for
+    probes: a worker alive but stalled answers 503 there."""
+    port = settings.worker.health_port
+    if not port:
+        yield
+        return
+    _check_port_free(settings.worker.health_host, port)
+    app = FastAPI(title="ctxpipe worker", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    async def healthz(response: Response) -> dict[str, Any]:
+        report = await runtime.health()
+        if not report["ok"]:
+            response.status_code = 503
+        return report
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.worker.health_host, port=port, log_config=None,
+                                           log_level=None, access_log=False))
+    task = asyncio.create_task(server.serve(), name="worker-health")
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
 async def run_worker(settings: Settings) -> None:
     """The ingestion worker alone, until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_runtime(settings, worker=True) as runtime:
+    async with open_runtime(settings, worker=True) as runtime, _health_endpoint(settings, runtime):
         log.info("worker running (group %s)", settings.kafka.consumer_group)
         while not stop.is_set():
             if runtime.app is not None and runtime.app.crash_reason is not None:

@@ -148,6 +148,14 @@ class ApiSettings(_Group):
     tenant_keys: dict[str, SecretStr] = Field(default_factory=dict)
 
 
+class WorkerSettings(_Group):
+    """``ctxpipe worker``: an HTTP port for probes (``/healthz``: tiers, agent, stalled
+    partitions; ``/metrics``), off by default."""
+
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=0, ge=0, le=65535)
+
+
 class InterpreterSettings(_Group):
     """Process-wide interpreter settings ``ctxpipe serve`` applies while its API runs, only
     when ``tune`` is set: a program that embeds the API owns its interpreter. What each
@@ -337,6 +345,7 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = QdrantSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     api: ApiSettings = ApiSettings()
+    worker: WorkerSettings = WorkerSettings()
     interpreter: InterpreterSettings = InterpreterSettings()
     summarizer: SummarizerSettings = SummarizerSettings()
     assembly: AssemblySettings = AssemblySettings()

@@ -338,6 +338,22 @@ def test_k8s_api_probes_and_service_follow_ctx_api_port() -> None:
     assert service["spec"]["selector"].items() <= labels.items()
 
 
+def test_workers_have_a_probe_on_their_health_port() -> None:
+    for name, service in _ctxpipe_services(_compose()).items():
+        if service["command"] != ["worker"]:
+            continue
+        env = _environment(service)
+        assert env["CTX_WORKER__HEALTH_HOST"] == "0.0.0.0", name
+        probe = " ".join(service["healthcheck"]["test"])
+        assert f"127.0.0.1:{env['CTX_WORKER__HEALTH_PORT']}/healthz" in probe, name
+    worker = _container(_k8s("Deployment", "ctxpipe-worker"))
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    get = worker["livenessProbe"]["httpGet"]
+    assert get["path"] == "/healthz"
+    assert _port_number(worker, get["port"]) == int(env["CTX_WORKER__HEALTH_PORT"])
+    assert env["CTX_WORKER__HEALTH_HOST"] == "0.0.0.0"
+
+
 def test_k8s_settings_come_from_the_configmap_and_the_secret() -> None:
     config = _k8s("ConfigMap", "ctxpipe-config")
     secret = _k8s("Secret", "ctxpipe-secrets")

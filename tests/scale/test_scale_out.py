@@ -154,7 +154,9 @@ async def test_two_workers_and_two_apis_survive_a_kill_each(
         for i in range(N_SCOPES * PER_SCOPE)
     ]
     ports = [free_port(), free_port()]
-    workers = [_Process(f"worker-{n}", ["worker"], settings, tmp_path / f"worker-{n}.log") for n in (1, 2)]
+    health = free_port()  # the surviving worker's probe port
+    workers = [_Process(f"worker-{n}", ["worker"], settings, tmp_path / f"worker-{n}.log",
+                        **({"CTX_WORKER__HEALTH_PORT": str(health)} if n == 2 else {})) for n in (1, 2)]
     apis = [_Process(f"api-{n}", ["api"], settings, tmp_path / f"api-{n}.log", CTX_API__PORT=str(port))
             for n, port in zip((1, 2), ports, strict=True)]
     everyone = [*workers, *apis]
@@ -235,6 +237,9 @@ async def test_two_workers_and_two_apis_survive_a_kill_each(
             served = r.json()
             assert r.status_code == 200 and not served["pending_writes"], served
             assert late["event_id"] in {i["event_id"] for s in served["sections"] for i in s["items"]}
+            probe = await client.get(f"http://127.0.0.1:{health}/healthz", timeout=10)
+            assert probe.status_code == 200 and probe.json()["checks"]["ingest"] == "ok", probe.text
+            assert probe.json()["version"] == "v2"  # the worker followed the switch too
             asker.cancel()
             try:
                 await asker
