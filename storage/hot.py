@@ -8,7 +8,8 @@ tenants' keys collide; every tenant key starts with ``{prefix}:{tenant}:``)::
     {p}:{tenant}:s:{scope}:data    HASH  member -> Chunk JSON
     {p}:{tenant}:s:{scope}:src     HASH  member -> "{version}:{source_id}" (for remove_source)
     {p}:{tenant}:s:{scope}:meta    HASH  watermark (partition, offset, at) + created
-    {p}:{tenant}:s:{scope}:summary HASH  latest running summary (ctxpipe.streams.summaries)
+    {p}:{tenant}:s:{scope}:summary HASH  latest running summary (ctxpipe.storage.summaries)
+    {p}:{tenant}:d:{doc_id}:summary HASH latest document summary (same store)
     {p}:{tenant}:docver            HASH  doc_id -> newest stored document version (guard:
                                          an older version arriving later is ignored)
     {p}::applied:{topic}           HASH  partition -> highest applied offset (no tenant:
@@ -203,6 +204,23 @@ return 0
 """
 
 
+# KEYS: summary hash.  ARGV: partition, last_offset, rank, json, ttl.
+# Compare-and-set so a replayed or late record never replaces a newer summary.
+_SUMMARY_PUT_LUA: Final = """
+local cur_off = tonumber(redis.call('HGET', KEYS[1], 'last_offset') or '-1')
+local cur_part = redis.call('HGET', KEYS[1], 'partition')
+local cur_rank = tonumber(redis.call('HGET', KEYS[1], 'rank') or '-1')
+local off = tonumber(ARGV[2])
+local rank = tonumber(ARGV[3])
+if cur_part == false or cur_part ~= ARGV[1] or off > cur_off or (off == cur_off and rank >= cur_rank) then
+  redis.call('HSET', KEYS[1], 'partition', ARGV[1], 'last_offset', ARGV[2], 'rank', ARGV[3], 'json', ARGV[4])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+  return 1
+end
+return 0
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Watermark:
     """The highest Kafka position applied to a scope, and when (wall clock, epoch s)."""
@@ -290,6 +308,7 @@ class HotStore(_RedisOwner):
         self._applied = self.client.register_script(_APPLIED_LUA)
         self._settle = self.client.register_script(_SETTLE_LUA)
         self._doc_versions = self.client.register_script(_DOC_VERSIONS_LUA)
+        self._summary_put = self.client.register_script(_SUMMARY_PUT_LUA)
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -301,9 +320,13 @@ class HotStore(_RedisOwner):
         return [base + name for name in ("items", "facts", "data", "src", "meta")]
 
     def summary_key(self, tenant: str, scope: str) -> str:
-        """The scope's latest running summary (written by :mod:`ctxpipe.streams.summaries`); it
+        """The scope's latest running summary (written by :mod:`ctxpipe.storage.summaries`); it
         expires with the scope's other keys, which every write of the scope refreshes."""
         return f"{self.tenant_prefix(tenant)}s:{_seg(scope, 'scope')}:summary"
+
+    def doc_summary_key(self, tenant: str, doc_id: str) -> str:
+        """A document's latest summary (:mod:`ctxpipe.storage.summaries`)."""
+        return f"{self.tenant_prefix(tenant)}d:{_seg(doc_id, 'doc_id')}:summary"
 
     def _write_keys(self, tenant: str, scope: str) -> list[str]:
         return [*self._scope_keys(tenant, scope), self.summary_key(tenant, scope)]
@@ -481,6 +504,28 @@ class HotStore(_RedisOwner):
         for partition, offset in offsets.items():
             args += [partition, offset]
         await self._applied(keys=[self._applied_key(topic)], args=args, client=pipe)
+
+    # -- summaries (the hashes at summary_key / doc_summary_key) ---------------------------
+
+    async def put_summary(self, key: str, *, partition: int, last_offset: int, rank: int, payload: str) -> bool:
+        """Store a summary at ``key`` unless the one there covers more (a later offset in
+        the same partition, or the same offset made by a higher ``rank``): a replayed or
+        late record never replaces a newer one. Returns whether it was stored."""
+        async with translate_redis_errors("summary_put"):
+            stored = await self._summary_put(
+                keys=[key], args=[partition, last_offset, rank, payload, self.settings.hot_ttl_s]
+            )
+        return bool(int(stored))
+
+    async def summary_payload(self, key: str) -> bytes | None:
+        """The summary stored at ``key``, as :meth:`put_summary` got it."""
+        async with translate_redis_errors("summary_get"):
+            raw = await self.client.hget(key, "json")
+        return None if raw is None else _as_bytes(raw)
+
+    async def drop_summary(self, key: str) -> None:
+        async with translate_redis_errors("summary_drop"):
+            await self.client.delete(key)
 
     # -- reads --------------------------------------------------------------------------
 

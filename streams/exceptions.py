@@ -22,3 +22,9 @@ class SystemicFailure(CtxPipeError):
     """Every record of a batch failed the same way, or too many in a row did: the fault is
     in the worker or a tier (a refused bucket, a closed store), not in the records, so
     they are not dead-lettered. The agent stops unacked and the batch is replayed."""
+
+
+class SummaryRebuildError(CtxPipeError):
+    """The summary topic could not be read to its end in time (Kafka slow or down)."""
+
+    retriable = True

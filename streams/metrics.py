@@ -1,4 +1,4 @@
-"""Prometheus metrics of the ingestion worker."""
+"""Prometheus metrics of the ingestion worker and its summary stage."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ STAGE_SECONDS = Histogram(
 )
 CONSUMER_LAG = Gauge("ctxpipe_consumer_lag", "Records behind the log end", ["partition"])
 SINK_RETRIES = Counter("ctxpipe_sink_retries_total", "Retries after a retriable error", ["tier"])
+
+# The summary stage and its scheduler (ctxpipe.streams.summaries).
+SUMMARIES_MADE = Counter("ctxpipe_summaries_total", "Summaries made", ["kind", "method"])
+SUMMARY_TRIGGERS = Counter(
+    "ctxpipe_summary_triggers_total", "Summary triggers by outcome (queued, coalesced, dropped)", ["outcome"]
+)
+SUMMARY_FAILURES = Counter("ctxpipe_summary_failures_total", "Summary jobs that failed (retried by the next trigger)")
+SUMMARY_LATE = Counter(
+    "ctxpipe_summary_late_total", "Scopes whose oldest turns left the hot tier before being summarized"
+)

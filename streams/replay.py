@@ -49,9 +49,10 @@ from ctxpipe.storage.cold import ArchivedRecord, ColdStore
 from ctxpipe.storage.hot import EmbeddingCacheRedis, HotStore
 from ctxpipe.storage.ledger import EventLedger
 from ctxpipe.storage.semantic.base import SemanticStore
+from ctxpipe.storage.summaries import SummaryStore
 from ctxpipe.streams.ingest import IngestPipeline
 from ctxpipe.streams.records import RawRecord
-from ctxpipe.streams.summaries import SummaryStore, decode_summary
+from ctxpipe.streams.summaries.rebuild import decode_summary
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from ctxpipe.streams.app import running_app
 from ctxpipe.streams.dlq import KafkaDeadLetterSink
 from ctxpipe.streams.ingest import BatchResult, IngestPipeline
 from ctxpipe.streams.records import RawRecord
-from ctxpipe.streams.summaries import SummarizingPipeline, SummaryScheduler, open_summaries
+from ctxpipe.streams.summaries.pipeline import SummarizingPipeline
+from ctxpipe.streams.summaries.scheduler import SummaryScheduler, open_summaries
 from ctxpipe.streams.lag import ProgressTracker, track_lag
 from ctxpipe.streams.topics import ensure_topics
 
