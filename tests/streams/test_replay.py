@@ -22,7 +22,6 @@ from ctxpipe.assembly.service import AssemblyService
 from ctxpipe.app.runtime import open_runtime
 from ctxpipe.core.settings import Settings, to_env
 from ctxpipe.storage.versions import VersionError, VersionRegistry, VersionStatus, edge_path_of, version_stores
-from ingest_helpers import TENANT, mixed_events, wait_applied
 from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
 from ctxpipe.processors.tokens import LocalTokenCounter
 from ctxpipe.processors.embedding import HashEmbedder
@@ -30,6 +29,8 @@ from ctxpipe.storage.retention import cleanup
 from ctxpipe.core.events import EventPosition, SourceEvent
 from ctxpipe.streams.publisher import Publisher
 from ctxpipe.streams.replay import ReplayProgress, Replayer
+
+from support.ingest import TENANT, mixed_events, wait_applied
 
 SCOPES = ["session:0", "session:1", "kb:handbook"]
 SMALL = ChunkingSettings(max_chunk_tokens=64, overlap_tokens=8)

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from semantic_helpers import DIM, make_chunk, rand_vector
 
 from ctxpipe.core.settings import PROJECT_ROOT, QdrantSettings
 from ctxpipe.storage.semantic import (
@@ -25,6 +24,8 @@ from ctxpipe.storage.semantic import (
     open_semantic_store,
 )
 from ctxpipe.storage.semantic.base import chunk_payload, payload_fields
+
+from support.semantic import DIM, make_chunk, rand_vector
 
 
 async def test_reopen_reloads_data_and_indexes(tmp_path: Path) -> None:
