@@ -4,28 +4,13 @@ cannot be reached; health says the worker waits for it (issue 16)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import httpx
-
-from ctxpipe.assembly.api import create_api
-from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.app.runtime import open_runtime
 from ctxpipe.core.settings import Settings
 from ctxpipe.infra.testing import free_port
 from ctxpipe.processors.embedding import HashEmbedder
 
-
-@asynccontextmanager
-async def _client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    @asynccontextmanager
-    async def existing() -> AsyncIterator[Runtime]:
-        yield runtime
-
-    app = create_api(existing)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            yield client
+from support.serving import serving
 
 
 async def test_the_api_answers_while_kafka_is_unreachable(test_settings: Settings) -> None:
@@ -33,7 +18,8 @@ async def test_the_api_answers_while_kafka_is_unreachable(test_settings: Setting
     settings = test_settings.model_copy(update={"kafka": nowhere})
     async with asyncio.timeout(60), open_runtime(
         settings, worker=True, background_worker=True, model=HashEmbedder()
-    ) as rt, _client(rt) as client:
+    ) as rt, serving(rt) as api:
+        client = api.client
         health = await client.get("/healthz")
         assert health.status_code == 200, health.text
         assert health.json()["checks"]["worker"].startswith("starting")

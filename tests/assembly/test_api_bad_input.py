@@ -7,7 +7,6 @@ import asyncio
 import json
 import string
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -15,35 +14,16 @@ import httpx
 import orjson
 import pytest
 import uvicorn
-from fastapi import FastAPI
 from pydantic import SecretStr
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from ctxpipe.assembly.api import create_api
 from ctxpipe.assembly.recording import new_trace_id
 from ctxpipe.app.runtime import Runtime, open_runtime
 from ctxpipe.core.settings import Settings
 from ctxpipe.infra.testing import free_port
 from ctxpipe.processors.embedding import HashEmbedder
 
-
-class _Api(httpx.AsyncClient):
-    app: FastAPI
-
-
-@asynccontextmanager
-async def _client(runtime: Runtime) -> AsyncIterator[_Api]:
-    @asynccontextmanager
-    async def existing() -> AsyncIterator[Runtime]:
-        yield runtime
-
-    app = create_api(existing)
-    async with app.router.lifespan_context(app):
-        # raise_app_exceptions=False: what a client sees (the 500), not the traceback.
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with _Api(transport=transport, base_url="http://api") as client:
-            client.app = app
-            yield client
+from support.serving import api_over, serving
 
 
 @pytest.fixture
@@ -78,8 +58,8 @@ CASES = [
 
 @pytest.mark.parametrize("body", CASES)
 async def test_post_bad_or_odd_bodies_never_give_a_500(runtime: Runtime, body: dict[str, Any]) -> None:
-    async with _client(runtime) as client:
-        resp = await client.post("/v1/context", json=body)
+    async with serving(runtime, raise_app_exceptions=False) as api:
+        resp = await api.client.post("/v1/context", json=body)
     # "." and ".." are valid tenants (the contract allows them): they are served.
     if body["tenant"] in (".", ".."):
         assert resp.status_code == 200, resp.text
@@ -89,13 +69,13 @@ async def test_post_bad_or_odd_bodies_never_give_a_500(runtime: Runtime, body: d
 
 
 async def test_window_of_tenant_dot_is_stored_and_read_back(runtime: Runtime) -> None:
-    async with _client(runtime) as client:
+    async with serving(runtime, raise_app_exceptions=False) as api:
         for tenant in (".", ".."):
-            resp = await client.post("/v1/context", json=_body(tenant=tenant))
+            resp = await api.client.post("/v1/context", json=_body(tenant=tenant))
             assert resp.status_code == 200, resp.text
             trace_id = resp.json()["trace_id"]
-            await client.app.state.assembly.drain()
-            got = await client.get(f"/v1/context/{trace_id}", params={"tenant": tenant})
+            await api.service.drain()
+            got = await api.client.get(f"/v1/context/{trace_id}", params={"tenant": tenant})
             assert got.status_code == 200, got.text
             assert orjson.loads(got.content)["trace_id"] == trace_id
 
@@ -120,22 +100,22 @@ GET_CASES = [
 
 @pytest.mark.parametrize(("path", "params"), GET_CASES)
 async def test_get_bad_requests_give_a_clear_4xx(runtime: Runtime, path: str, params: dict[str, str]) -> None:
-    async with _client(runtime) as client:
-        resp = await client.get(path, params=params)
+    async with serving(runtime, raise_app_exceptions=False) as api:
+        resp = await api.client.get(path, params=params)
     assert _is_clear_4xx(resp), (resp.status_code, resp.text)
 
 
 async def test_scope_view_of_odd_tenants_is_served(runtime: Runtime) -> None:
-    async with _client(runtime) as client:
+    async with serving(runtime, raise_app_exceptions=False) as api:
         # "%2E": clients resolve a literal "." path segment away.
         for tenant in (".", "..", "é" * 64, "😀" * 64):
-            resp = await client.get(f"/v1/scopes/{quote(tenant, safe='').replace('.', '%2E')}/chat")
+            resp = await api.client.get(f"/v1/scopes/{quote(tenant, safe='').replace('.', '%2E')}/chat")
             assert resp.status_code == 200, (tenant, resp.text)
 
 
 async def test_an_unknown_trace_id_is_a_404(runtime: Runtime) -> None:
-    async with _client(runtime) as client:
-        resp = await client.get(f"/v1/context/{new_trace_id()}", params={"tenant": "acme"})
+    async with serving(runtime, raise_app_exceptions=False) as api:
+        resp = await api.client.get(f"/v1/context/{new_trace_id()}", params={"tenant": "acme"})
     assert resp.status_code == 404 and "no window" in resp.json()["detail"]
 
 
@@ -174,8 +154,8 @@ _trace = st.text(string.hexdigits, max_size=40) | _text | st.just(_future_trace_
 
 @pytest.fixture
 async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    async with _client(runtime) as client:
-        yield client
+    async with serving(runtime, raise_app_exceptions=False) as served:
+        yield served.client
 
 
 @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -213,11 +193,7 @@ async def _http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requ
 async def test_an_unexpected_error_is_a_json_500_and_the_connection_stays_open(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    @asynccontextmanager
-    async def existing() -> AsyncIterator[Runtime]:
-        yield runtime
-
-    app = create_api(existing)
+    app = api_over(runtime)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
     task = asyncio.create_task(server.serve())
@@ -261,20 +237,20 @@ async def keyed_runtime(test_settings: Settings) -> AsyncIterator[Runtime]:
 
 @pytest.mark.parametrize("key", ["key-acmé", "é", "\x00", "key-acme\x7f", "", "k" * 10_000])
 async def test_any_api_key_header_is_a_401_or_403_never_a_500(keyed_runtime: Runtime, key: str) -> None:
-    async with _client(keyed_runtime) as client:
+    async with serving(keyed_runtime, raise_app_exceptions=False) as api:
         # Header values travel as latin-1 bytes; non-ASCII keys reach the comparison as such.
         headers = {b"x-api-key": key.encode("latin-1")}
-        post = await client.post("/v1/context", json=_body(), headers=headers)
-        get = await client.get(f"/v1/context/{new_trace_id()}", params={"tenant": "acme"}, headers=headers)
-        right = await client.post("/v1/context", json=_body(), headers={"x-api-key": "key-acme"})
+        post = await api.client.post("/v1/context", json=_body(), headers=headers)
+        get = await api.client.get(f"/v1/context/{new_trace_id()}", params={"tenant": "acme"}, headers=headers)
+        right = await api.client.post("/v1/context", json=_body(), headers={"x-api-key": "key-acme"})
     assert post.status_code == get.status_code == 403, (post.text, get.text)
     assert right.status_code == 200, right.text
 
 
 @pytest.fixture
 async def keyed_api(keyed_runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    async with _client(keyed_runtime) as client:
-        yield client
+    async with serving(keyed_runtime, raise_app_exceptions=False) as served:
+        yield served.client
 
 
 @hsettings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import httpx
 import orjson
 from pydantic import SecretStr
 
-from ctxpipe.assembly.api import create_api
 from ctxpipe.assembly.models import ContextRequest, StreamPosition
 from ctxpipe.assembly.recording import load_window
 from ctxpipe.assembly.reproduce import diff_windows, rebuild
@@ -19,6 +15,8 @@ from ctxpipe.core.settings import Settings
 from ctxpipe.processors.embedding import HashEmbedder
 from ctxpipe.core.events import EventPosition
 from ctxpipe.streams.publisher import Publisher
+
+from support.serving import serving
 
 KEYS = {"acme": "key-acme", "globex": "key-globex"}
 
@@ -50,13 +48,8 @@ async def test_reproduce_returns_the_recorded_bytes_and_rebuilds_an_identical_wi
             positions = await pub.publish(_events(run, scope, 0, 8))
         await _wait_applied(rt, positions)
 
-        @asynccontextmanager
-        async def existing() -> AsyncIterator[Runtime]:
-            yield rt
-
-        app = create_api(existing)
-        async with app.router.lifespan_context(app):
-            service = app.state.assembly
+        async with serving(rt) as api:
+            service = api.service
             request = ContextRequest(
                 tenant="acme", scope=scope, scopes=[f"kb:{run}"], query="is ORD-1004 late?", budget_tokens=1500,
                 wait_for=[StreamPosition(partition=p.partition, offset=p.offset) for p in positions[-1:]],
@@ -76,16 +69,16 @@ async def test_reproduce_returns_the_recorded_bytes_and_rebuilds_an_identical_wi
             assert doc["versions"]["embedding_model"] == "test-hash-embedder"
             assert doc["positions"]["applied"], "wait_for makes the service record every partition"
 
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-                ok = await http.get(f"/v1/context/{served.trace_id}", params={"tenant": "acme"},
-                                    headers={"X-API-Key": KEYS["acme"]})
-                assert ok.status_code == 200 and ok.content == stored
-                other = await http.get(f"/v1/context/{served.trace_id}", params={"tenant": "acme"},
-                                       headers={"X-API-Key": KEYS["globex"]})
-                assert other.status_code == 403
-                missing = await http.get(f"/v1/context/{served.trace_id}", params={"tenant": "globex"},
-                                         headers={"X-API-Key": KEYS["globex"]})
-                assert missing.status_code == 404
+            http = api.client
+            ok = await http.get(f"/v1/context/{served.trace_id}", params={"tenant": "acme"},
+                                headers={"X-API-Key": KEYS["acme"]})
+            assert ok.status_code == 200 and ok.content == stored
+            other = await http.get(f"/v1/context/{served.trace_id}", params={"tenant": "acme"},
+                                   headers={"X-API-Key": KEYS["globex"]})
+            assert other.status_code == 403
+            missing = await http.get(f"/v1/context/{served.trace_id}", params={"tenant": "globex"},
+                                     headers={"X-API-Key": KEYS["globex"]})
+            assert missing.status_code == 404
 
     result = await rebuild(settings, "acme", served.trace_id, model=HashEmbedder())
     assert result.identical, result.text()

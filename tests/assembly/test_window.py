@@ -12,7 +12,8 @@ from ctxpipe.assembly.models import SECTION_ORDER
 from ctxpipe.assembly.window import Hit, Summary, WindowConfig, minimum_budget
 from ctxpipe.processors.types import Chunk
 from ctxpipe.core.events import EventKind, Role
-from window_helpers import CONFIG, COUNTER, build, chunk, conversation
+
+from support.window import CONFIG, COUNTER, build, chunk, conversation
 
 MIN_BUDGET = minimum_budget(CONFIG.system_prompt, COUNTER)
 

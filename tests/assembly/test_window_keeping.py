@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,29 +15,16 @@ import httpx
 import orjson
 import pytest
 
-from ctxpipe.assembly.api import create_api
 from ctxpipe.assembly.recording import load_window
-from ctxpipe.assembly.service import AssemblyService
 from ctxpipe.assembly.window_backfill import backfill_windows
-from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.app.runtime import open_runtime
 from ctxpipe.core.settings import Settings
 from ctxpipe.infra.stack import Stack
 from ctxpipe.infra.testing import isolated_stack, unique
 from ctxpipe.processors.embedding import HashEmbedder
 from ctxpipe.storage.cold import ColdStore, s3_client
 
-
-@asynccontextmanager
-async def _api(runtime: Runtime) -> AsyncIterator[tuple[httpx.AsyncClient, AssemblyService]]:
-    @asynccontextmanager
-    async def existing() -> AsyncIterator[Runtime]:
-        yield runtime
-
-    app = create_api(existing)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client, app.state.assembly
+from support.serving import serving
 
 
 @pytest.fixture
@@ -83,9 +69,9 @@ async def _all_in_cold(cold: ColdStore, traces: list[str], tenant: str = "acme")
         assert orjson.loads(await load_window(cold, tenant, trace))["trace_id"] == trace
 
 
-async def _until(check: object, timeout_s: float = 60) -> None:
+async def _until(check: Callable[[], bool], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.1)
 
@@ -95,16 +81,19 @@ async def test_windows_served_during_an_s3_outage_are_readable_and_stored_after_
     test_settings: Settings, own_s3: Stack
 ) -> None:
     settings = _settings(test_settings, own_s3)
-    async with open_runtime(settings, worker=False, model=HashEmbedder()) as rt, _api(rt) as (client, service):
-        before = await _serve(client, 3)
-        await service.drain()
+    async with (
+        open_runtime(settings, worker=False, model=HashEmbedder()) as rt,
+        serving(rt, raise_app_exceptions=False) as api,
+    ):
+        before = await _serve(api.client, 3)
+        await api.service.drain()
         own_s3.down(only=["s3"])
-        during = await _serve(client, 20)
-        await _until(lambda: service.recorder.pending == 20)  # each put failed, none dropped
-        await _readable(client, before + during)  # from memory (and S3 is down: the topic is not needed)
+        during = await _serve(api.client, 20)
+        await _until(lambda: api.service.recorder.pending == 20)  # each put failed, none dropped
+        await _readable(api.client, before + during)  # from memory (and S3 is down: the topic is not needed)
         own_s3.up(only=["s3"])
-        await _until(lambda: service.recorder.pending == 0)
-        await _readable(client, before + during)
+        await _until(lambda: api.service.recorder.pending == 0)
+        await _readable(api.client, before + during)
         await _all_in_cold(rt.cold, before + during)
 
 
@@ -113,15 +102,18 @@ async def test_windows_let_go_from_memory_are_read_from_the_topic_and_backfilled
     test_settings: Settings, own_s3: Stack
 ) -> None:
     settings = _settings(test_settings, own_s3, record_retry_max_windows=4)
-    async with open_runtime(settings, worker=False, model=HashEmbedder()) as rt, _api(rt) as (client, service):
+    async with (
+        open_runtime(settings, worker=False, model=HashEmbedder()) as rt,
+        serving(rt, raise_app_exceptions=False) as api,
+    ):
         own_s3.down(only=["s3"])
-        during = await _serve(client, 12)
-        await _until(lambda: service.recorder.pending == 4)
+        during = await _serve(api.client, 12)
+        await _until(lambda: api.service.recorder.pending == 4)
         # 8 are neither in memory nor in S3: the windows topic answers for them.
-        await _readable(client, during)
+        await _readable(api.client, during)
         own_s3.up(only=["s3"])
-        await _until(lambda: service.recorder.pending == 0)
-        await service.drain()  # the recorder's own backfill, after its retries got through
+        await _until(lambda: api.service.recorder.pending == 0)
+        await api.service.drain()  # the recorder's own backfill, after its retries got through
         await _all_in_cold(rt.cold, during)
         # Nothing is missing now: a backfill by hand stores nothing more.
         again = await backfill_windows(settings, rt.cold, 0)
@@ -129,14 +121,17 @@ async def test_windows_let_go_from_memory_are_read_from_the_topic_and_backfilled
 
 
 async def test_a_window_is_read_from_the_topic_when_s3_never_had_it(test_settings: Settings) -> None:
-    async with open_runtime(test_settings, worker=False, model=HashEmbedder()) as rt, _api(rt) as (client, service):
-        [trace] = await _serve(client, 1)
-        await service.drain()
+    async with (
+        open_runtime(test_settings, worker=False, model=HashEmbedder()) as rt,
+        serving(rt, raise_app_exceptions=False) as api,
+    ):
+        [trace] = await _serve(api.client, 1)
+        await api.service.drain()
         # Remove it from the cold tier: only the topic has it now.
         for key in await rt.cold.list_keys("windows/"):
             await rt.cold.delete(key)
-        await _readable(client, [trace])
-        other = await client.get(f"/v1/context/{trace}", params={"tenant": "globex"})
+        await _readable(api.client, [trace])
+        other = await api.client.get(f"/v1/context/{trace}", params={"tenant": "globex"})
         assert other.status_code == 404  # never another tenant's window, from any source
         stored = await backfill_windows(test_settings, rt.cold, 0)
         assert (stored.seen, stored.stored) == (1, 1)
@@ -145,11 +140,14 @@ async def test_a_window_is_read_from_the_topic_when_s3_never_had_it(test_setting
 
 @pytest.mark.parametrize("tenant", ["a" * 256, "😀" * 64, "漢" * 40, ".", ".."])
 async def test_windows_of_long_and_dot_tenant_names_are_stored(test_settings: Settings, tenant: str) -> None:
-    async with open_runtime(test_settings, worker=False, model=HashEmbedder()) as rt, _api(rt) as (client, service):
-        traces = await _serve(client, 2, tenant)
-        await service.drain()
-        assert service.recorder.pending == 0
+    async with (
+        open_runtime(test_settings, worker=False, model=HashEmbedder()) as rt,
+        serving(rt, raise_app_exceptions=False) as api,
+    ):
+        traces = await _serve(api.client, 2, tenant)
+        await api.service.drain()
+        assert api.service.recorder.pending == 0
         await _all_in_cold(rt.cold, traces, tenant)
-        await _readable(client, traces, tenant)
-        scope_view = await client.get(f"/v1/scopes/{quote(tenant, safe='').replace('.', '%2E')}/chat")
+        await _readable(api.client, traces, tenant)
+        scope_view = await api.client.get(f"/v1/scopes/{quote(tenant, safe='').replace('.', '%2E')}/chat")
         assert scope_view.status_code == 200, scope_view.text

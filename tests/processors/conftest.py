@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fakes.anthropic_server import FakeAnthropicServer
 from pydantic import SecretStr
 
 from ctxpipe.core.settings import SummarizerSettings
+
+from support.fakes.anthropic_server import FakeAnthropicServer
 
 
 @pytest.fixture

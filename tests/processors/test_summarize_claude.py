@@ -7,8 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from fakes.anthropic_server import FakeAnthropicServer, Reply, closed_port
-from summarize_helpers import PLANTED_FACTS, long_session, turn
 
 from ctxpipe.core.errors import CtxPipeError
 from ctxpipe.core.settings import SummarizerSettings
@@ -25,6 +23,9 @@ from ctxpipe.processors.summarize import (
     SummarizerUnavailableError,
 )
 from ctxpipe.processors.summarize.claude import retry_after_s
+
+from support.fakes.anthropic_server import FakeAnthropicServer, Reply, closed_port
+from support.summarize import PLANTED_FACTS, long_session, turn
 
 TURNS = [
     turn(0, "Hello, I'm Priya Raman. My account is AC-1042."),

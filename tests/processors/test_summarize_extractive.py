@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from summarize_helpers import PLANTED_FACTS, long_session, turn
-
 from ctxpipe.processors.summarize import ExtractiveSummarizer, SummaryCoverage, SummaryRecord, fact_score, summary_id
 from ctxpipe.processors.summarize.types import SummaryResult
 from ctxpipe.processors.tokens import LocalTokenCounter
+
+from support.summarize import PLANTED_FACTS, long_session, turn
 
 COUNTER = LocalTokenCounter()
 

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from fakes.anthropic_server import FakeAnthropicServer, closed_port
-from summarize_helpers import PLANTED_FACTS, long_session
 
 from ctxpipe.core.settings import KafkaSettings, Settings, SummarizerSettings
 from ctxpipe.processors.summarize import ExtractiveSummarizer, ResilientSummarizer, SummaryRecord
 from ctxpipe.storage.cold import ColdStore
 from ctxpipe.storage.hot import HotStore
 from ctxpipe.streams.summaries import SummaryStage, SummaryStore, decode_summary
+
+from support.fakes.anthropic_server import FakeAnthropicServer, closed_port
+from support.summarize import PLANTED_FACTS, long_session
 
 TENANT, SCOPE = "t1", "s1"
 

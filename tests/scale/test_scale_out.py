@@ -262,8 +262,8 @@ async def test_two_workers_and_two_apis_survive_a_kill_each(
         await semantic.aclose()
     archived: Counter[str] = Counter()
     cold = ColdStore(settings.s3)
-    for p in range(PARTITIONS):
-        async for rec in cold.read_archive(ks.source_topic, p):
+    for partition in range(PARTITIONS):
+        async for rec in cold.read_archive(ks.source_topic, partition):
             archived[rec.value.decode()] += 1
     # The raw archive holds every record once, the one published after the switch too.
     assert sum(archived.values()) == len(events) + 1 and max(archived.values()) == 1

@@ -17,11 +17,12 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from ctxpipe.core.settings import Settings, to_env
-from ingest_helpers import TENANT, expected_chunks
 from ctxpipe.storage.cold import ColdStore
 from ctxpipe.storage.hot import HotStore
 from ctxpipe.storage.semantic import open_semantic_store
 from ctxpipe.streams.publisher import Publisher
+
+from support.ingest import TENANT, expected_chunks
 
 N_EVENTS = 1200
 N_SCOPES = 24

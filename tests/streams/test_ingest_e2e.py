@@ -11,7 +11,8 @@ import pytest
 from ctxpipe.app.runtime import Runtime, open_runtime
 from ctxpipe.core.settings import Settings
 from ctxpipe.streams.publisher import Publisher
-from ingest_helpers import (
+
+from support.ingest import (
     TENANT,
     expected_chunks,
     invalid_records,

@@ -27,7 +27,8 @@ from ctxpipe.core.settings import Settings
 from ctxpipe.infra.testing import free_port
 from ctxpipe.core.events import EventPosition
 from ctxpipe.streams.publisher import Publisher
-from ingest_helpers import wait_applied
+
+from support.ingest import wait_applied
 
 N_EVENTS = 240
 SCOPES = 4

@@ -25,7 +25,8 @@ from ctxpipe.processors.types import EmbeddedChunk
 from ctxpipe.storage.semantic.exceptions import SemanticStoreError, SemanticStoreUnavailable
 from ctxpipe.core.events import EventPosition
 from ctxpipe.streams.publisher import Publisher
-from ingest_helpers import read_topic, wait_applied
+
+from support.ingest import read_topic, wait_applied
 
 
 @pytest.fixture

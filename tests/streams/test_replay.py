@@ -23,7 +23,6 @@ from ctxpipe.app.runtime import open_runtime
 from ctxpipe.core.settings import Settings, to_env
 from ctxpipe.storage.exceptions import VersionError
 from ctxpipe.storage.versions import VersionRegistry, VersionStatus, edge_path_of, version_stores
-from ingest_helpers import TENANT, mixed_events, wait_applied
 from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
 from ctxpipe.processors.tokens import LocalTokenCounter
 from ctxpipe.processors.embedding import HashEmbedder
@@ -31,6 +30,8 @@ from ctxpipe.storage.retention import cleanup
 from ctxpipe.core.events import EventPosition, SourceEvent
 from ctxpipe.streams.publisher import Publisher
 from ctxpipe.streams.replay import ReplayProgress, Replayer
+
+from support.ingest import TENANT, mixed_events, wait_applied
 
 SCOPES = ["session:0", "session:1", "kb:handbook"]
 SMALL = ChunkingSettings(max_chunk_tokens=64, overlap_tokens=8)

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from fakes.anthropic_server import FakeAnthropicServer
-from ingest_helpers import read_topic, wait_applied
 from pydantic import SecretStr
 
 from ctxpipe.assembly.models import ContextRequest
@@ -29,6 +27,9 @@ from ctxpipe.core.settings import Settings
 from ctxpipe.processors.embedding import HashEmbedder
 from ctxpipe.streams.publisher import Publisher
 from ctxpipe.streams.summaries import SummaryStore, decode_summary, rebuild_summaries
+
+from support.fakes.anthropic_server import FakeAnthropicServer
+from support.ingest import read_topic, wait_applied
 
 TENANT = "acme"
 N_TURNS = 300

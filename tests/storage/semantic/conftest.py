@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from qdrant_client import AsyncQdrantClient
-from semantic_helpers import DIM, open_memory_server
 
 from ctxpipe.infra.qdrant_server import QdrantServer, qdrant_binary
 from ctxpipe.storage.semantic import EdgeProcessStore, EdgeSemanticStore, SemanticStore, ServerSemanticStore
+
+from support.semantic import DIM, open_memory_server
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,13 @@ import random
 from collections.abc import Mapping, Sequence
 
 import pytest
-from semantic_helpers import make_chunk, near, rand_vector
 
 from ctxpipe.processors.types import EmbeddedChunk
 from ctxpipe.storage.semantic import SemanticQueryError, SemanticStore
 from ctxpipe.storage.semantic.base import SearchSpec, SemanticHit
 from ctxpipe.core.events import EventKind
+
+from support.semantic import make_chunk, near, rand_vector
 
 ACCOUNT = "ACC-99417-ZQ"
 

@@ -12,7 +12,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from semantic_helpers import DIM, make_chunk, rand_vector
 
 from ctxpipe.core.settings import PROJECT_ROOT, QdrantSettings
 from ctxpipe.storage.semantic import (
@@ -24,6 +23,8 @@ from ctxpipe.storage.semantic import (
     SemanticStoreUnavailable,
     open_semantic_store,
 )
+
+from support.semantic import DIM, make_chunk, rand_vector
 
 
 async def test_reopen_reloads_data_and_indexes(tmp_path: Path) -> None:

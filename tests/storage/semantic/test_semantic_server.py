@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 from qdrant_client import AsyncQdrantClient, models
-from semantic_helpers import DIM, make_chunk, open_memory_server
 
 from ctxpipe.core.settings import QdrantSettings
 from ctxpipe.storage.semantic import (
@@ -17,6 +16,8 @@ from ctxpipe.storage.semantic import (
     open_semantic_store,
 )
 from ctxpipe.storage.semantic.base import DENSE, SPARSE
+
+from support.semantic import DIM, make_chunk, open_memory_server
 
 
 async def test_creates_named_dense_and_idf_sparse_vectors() -> None:
