@@ -279,6 +279,22 @@ def redis_client(settings: RedisSettings) -> aioredis.Redis:
     return aioredis.Redis.from_url(settings.url, password=password, decode_responses=False)
 
 
+# A lease: one owner at a time, for at most ARGV[2] ms (a crashed owner lets go by expiry);
+# the owner taking it again renews it.
+_LEASE_LUA: Final = """
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_UNLEASE_LUA: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class _RedisOwner(AsyncCloseable):
     """Owns the client when it created it; a shared client is left for its owner to close."""
 
@@ -309,6 +325,8 @@ class HotStore(_RedisOwner):
         self._settle = self.client.register_script(_SETTLE_LUA)
         self._doc_versions = self.client.register_script(_DOC_VERSIONS_LUA)
         self._summary_put = self.client.register_script(_SUMMARY_PUT_LUA)
+        self._lease = self.client.register_script(_LEASE_LUA)
+        self._unlease = self.client.register_script(_UNLEASE_LUA)
 
     # -- keys ---------------------------------------------------------------------------
 
@@ -526,6 +544,24 @@ class HotStore(_RedisOwner):
     async def drop_summary(self, key: str) -> None:
         async with translate_redis_errors("summary_drop"):
             await self.client.delete(key)
+
+    # -- leases: one worker at a time folds a scope (several workers share these keys) ---
+
+    def _fold_lease_key(self, tenant: str, scope: str) -> str:
+        return f"{self.tenant_prefix(tenant)}s:{_seg(scope, 'scope')}:fold"
+
+    async def try_fold_lease(self, tenant: str, scope: str, owner: str, ttl_s: float) -> bool:
+        """Take the scope's summary-fold lease for ``owner`` unless another owner holds it;
+        it lapses after ``ttl_s`` (a crashed owner's) unless renewed or ended first."""
+        async with translate_redis_errors("lease"):
+            got = await self._lease(keys=[self._fold_lease_key(tenant, scope)],
+                                    args=[owner, max(1, int(ttl_s * 1000))])
+        return bool(int(got))
+
+    async def end_fold_lease(self, tenant: str, scope: str, owner: str) -> None:
+        """Let the lease go if ``owner`` still holds it (never another owner's)."""
+        async with translate_redis_errors("lease"):
+            await self._unlease(keys=[self._fold_lease_key(tenant, scope)], args=[owner])
 
     # -- reads --------------------------------------------------------------------------
 

@@ -267,6 +267,9 @@ class SummarizerSettings(_Group):
     # Per HTTP attempt; the whole call (retries and backoff included) is bounded separately
     # so a misbehaving API delays a summary, never the stream.
     timeout_s: float = Field(default=30.0, gt=0)
+    # Several workers: one folds a scope at a time (a lease in Redis); a crashed holder's
+    # lease lapses after this long.
+    fold_lease_s: float = Field(default=300.0, gt=0)
     total_timeout_s: float = Field(default=120.0, gt=0)
     # Our retry loop (the SDK's own is disabled so there is one policy, one breaker).
     max_retries: int = Field(default=4, ge=0)

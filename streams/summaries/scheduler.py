@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
+from typing import Protocol
 
 import orjson
 
@@ -31,6 +33,30 @@ log = logging.getLogger(__name__)
 
 # ("session", tenant, scope) or ("document", tenant, doc_id)
 _JobKey = tuple[str, str, str]
+# A scope another worker is folding is tried again after this long.
+_BUSY_RETRY_S = 1.0
+
+
+class FoldLease(Protocol):
+    """Who folds a scope now, across worker processes: while partitions move between
+    workers, two of them may hold triggers for one scope."""
+
+    async def acquire(self, tenant: str, scope: str) -> bool: ...
+
+    async def release(self, tenant: str, scope: str) -> None: ...
+
+
+class HotFoldLease:
+    """:class:`FoldLease` in the hot tier, for one owner (a scheduler)."""
+
+    def __init__(self, hot: HotStore, ttl_s: float) -> None:
+        self.hot, self.ttl_s, self.owner = hot, ttl_s, uuid.uuid4().hex
+
+    async def acquire(self, tenant: str, scope: str) -> bool:
+        return await self.hot.try_fold_lease(tenant, scope, self.owner, self.ttl_s)
+
+    async def release(self, tenant: str, scope: str) -> None:
+        await self.hot.end_fold_lease(tenant, scope, self.owner)
 
 
 class SummaryScheduler:
@@ -52,10 +78,14 @@ class SummaryScheduler:
         doc_queue_size: int,
         settle_s: float,
         close_grace_s: float = 5.0,
+        lease: FoldLease | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.stage = stage
+        # Across processes (None: this scheduler is the only one folding these scopes).
+        self.lease = lease
+        self._later: set[asyncio.TimerHandle] = set()
         # Bounded by the `_pending` check in _trigger, never by put().
         self._ready: asyncio.Queue[_JobKey] = asyncio.Queue()
         self._pending: dict[_JobKey, DocumentJob | None] = {}
@@ -78,6 +108,7 @@ class SummaryScheduler:
         self.dropped = 0
         self.failed = 0
         self.done = 0
+        self.busy = 0
 
     def start(self) -> None:
         if not self._tasks:
@@ -93,9 +124,10 @@ class SummaryScheduler:
             with suppress(TimeoutError):
                 async with asyncio.timeout(self._close_grace_s):
                     await self._idle.wait()
-        for timer in self._timers.values():
+        for timer in (*self._timers.values(), *self._later):
             timer.cancel()
         self._timers.clear()
+        self._later.clear()
         await cancel_and_wait(*self._tasks)
         self._tasks = []
 
@@ -196,16 +228,45 @@ class SummaryScheduler:
                 self._running.discard(key)
                 if key in self._again:
                     self._trigger(key, self._again.pop(key))
-                if not self._pending and not self._running:
-                    self._idle.set()
+                self._maybe_idle()
 
     async def _run(self, key: _JobKey, job: DocumentJob | None) -> None:
         if job is None:
-            await self.stage.maybe_summarize(key[1], key[2])
+            await self._fold(key)
         elif job.delete:
             await self.stage.store.drop_document(key[1], key[2])
         else:
             await self.stage.summarize_document(job)
+
+
+    def _maybe_idle(self) -> None:
+        if not self._pending and not self._running and not self._later:
+            self._idle.set()
+
+    async def _fold(self, key: _JobKey) -> None:
+        tenant, scope = key[1], key[2]
+        if self.lease is None:
+            await self.stage.maybe_summarize(tenant, scope)
+            return
+        if not await self.lease.acquire(tenant, scope):
+            # Another worker folds it now: this trigger's turns are in the hot tier, so a
+            # later fold (its, or ours once it lets go) takes them in.
+            self.busy += 1
+            handle: asyncio.TimerHandle | None = None
+
+            def again() -> None:
+                if handle is not None:
+                    self._later.discard(handle)
+                self._trigger(key, None)
+                self._maybe_idle()
+
+            handle = asyncio.get_running_loop().call_later(_BUSY_RETRY_S, again)
+            self._later.add(handle)
+            return
+        try:
+            await self.stage.maybe_summarize(tenant, scope)
+        finally:
+            await self.lease.release(tenant, scope)
 
 
 @asynccontextmanager
@@ -222,6 +283,7 @@ async def open_summaries(
     scheduler = SummaryScheduler(
         stage, workers=sset.concurrency, queue_size=sset.queue_size,
         doc_queue_size=sset.doc_queue_size, settle_s=sset.settle_s,
+        lease=HotFoldLease(hot, sset.fold_lease_s),
     )
     scheduler.start()
     try:
