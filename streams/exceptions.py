@@ -19,9 +19,9 @@ class StageFailed(CtxPipeError):
 
 
 class SystemicFailure(CtxPipeError):
-    """Every record of a batch failed the same way, or too many in a row did: the fault is
-    in the worker or a tier (a refused bucket, a closed store), not in the records, so
-    they are not dead-lettered. The agent stops unacked and the batch is replayed."""
+    """Too many records in a row failed a stage (none stored in between): the fault is in
+    the worker or a tier (a refused bucket, say), not in the records, so they are not
+    dead-lettered. The agent stops unacked and the batch is replayed."""
 
 
 class SummaryRebuildError(CtxPipeError):

@@ -145,9 +145,9 @@ class IngestPipeline:
             if failed.retriable or isinstance(failed.cause, _SYSTEMIC) or len(accepted) < 1:
                 raise
             log.warning("batch of %d failed at %s; isolating the record", len(accepted), failed)
+            # A batch where every record fails counts each one towards MAX_POISON_STREAK:
+            # two poison records alone in a batch are dead-lettered, not a wedge.
             poisoned = await self._isolate(accepted, failed, result)
-            if len(accepted) > 1 and len(poisoned) == len(accepted):
-                raise SystemicFailure(f"all {len(accepted)} records failed: {failed}") from failed
             for item, why in poisoned:
                 await self._dead_letter(item.record, f"{why.stage} failed: {why.cause}", result, stage=why.stage)
             # The sub-batches wrote only their own positions: now the whole batch is done.

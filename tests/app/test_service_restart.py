@@ -86,9 +86,12 @@ async def test_sigkilled_service_answers_within_seconds_and_loses_nothing(
 ) -> None:
     port = free_port()
     # Small ingest batches: the worker applies events steadily, so a kill lands mid-stream.
+    # No trimming of the hot tier: on a slow machine the publisher outruns the worker for
+    # longer, and a scope's oldest turns past the default cap would hide what was stored.
     settings = test_settings.model_copy(update={
         "api": test_settings.api.model_copy(update={"port": port}),
         "kafka": test_settings.kafka.model_copy(update={"batch_max": 16}),
+        "redis": test_settings.redis.model_copy(update={"hot_max_items": 100_000}),
     })
     ks = settings.kafka
     run = uuid.uuid4().hex[:6]
