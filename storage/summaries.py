@@ -19,12 +19,12 @@ Cold layout: ``summaries/{tenant}/{scope}.json`` (latest) and ``.../{scope}/vers
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final, Protocol
 
 from pydantic import ValidationError
 
 from ctxpipe.processors.summarize import SummaryRecord
-from ctxpipe.storage.cold import ColdStore, summary_key
+from ctxpipe.storage.cold import summary_key
 from ctxpipe.storage.exceptions import StorageDataError
 from ctxpipe.storage.hot import HotStore
 from ctxpipe.storage.names import safe_segment
@@ -55,11 +55,23 @@ def summary_version_key(record: SummaryRecord) -> str:
     return f"{base}/versions/{record.covers.last_offset:020d}-{record.method}-{record.summary_id}.json"
 
 
+class SummaryObjects(Protocol):
+    """What the store needs of the cold tier (:class:`ctxpipe.storage.cold.ColdStore`)."""
+
+    async def put_json(self, key: str, obj: Any) -> None: ...
+
+    async def get_json(self, key: str) -> Any | None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def list_keys(self, prefix: str) -> list[str]: ...
+
+
 class SummaryStore:
     """Latest summary per scope in Redis (next to the scope's hot keys) and every
     version in S3."""
 
-    def __init__(self, hot: HotStore, cold: ColdStore) -> None:
+    def __init__(self, hot: HotStore, cold: SummaryObjects) -> None:
         self._hot = hot
         self._cold = cold
 

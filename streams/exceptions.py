@@ -28,3 +28,7 @@ class SummaryRebuildError(CtxPipeError):
     """The summary topic could not be read to its end in time (Kafka slow or down)."""
 
     retriable = True
+
+
+class ReplayError(CtxPipeError):
+    """The range cannot be replayed (unknown topic, inconsistent resume, Kafka trouble)."""

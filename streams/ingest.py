@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,11 +21,9 @@ from typing import Final, Protocol
 from ctxpipe.core.errors import ConfigurationError
 
 from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
-from ctxpipe.processors.embedding import CachedEmbedder
 from ctxpipe.processors.tokens import TokenCounter
 from ctxpipe.processors.types import Chunk, EmbeddedChunk
-from ctxpipe.storage.cold import ArchivedRecord, ColdStore
-from ctxpipe.storage.hot import HotStore
+from ctxpipe.storage.cold import ArchivedRecord
 from ctxpipe.storage.ledger import EventLedger
 from ctxpipe.storage.semantic.base import SemanticStore
 from ctxpipe.storage.semantic.exceptions import SemanticSchemaError, SemanticStoreClosed, SemanticStoreLocked
@@ -45,6 +43,57 @@ HOT_KINDS = frozenset({EventKind.MESSAGE, EventKind.TOOL_RESULT, EventKind.FACT}
 
 class DeadLetterSink(Protocol):
     async def send(self, record: RawRecord, reason: str, *, stage: str = "validate") -> None: ...
+
+
+# The pipeline's seams: what it needs of each tier, so a replay (ctxpipe.streams.replay)
+# or a test hands it another implementation without subclassing a store.
+
+
+class HotTier(Protocol):
+    """The recent items, watermarks and document versions (:class:`ctxpipe.storage.hot.HotStore`)."""
+
+    async def upsert_items(self, chunks: Sequence[Chunk]) -> object: ...
+
+    async def remove_source(self, tenant: str, scope: str, source_id: str) -> object: ...
+
+    async def doc_versions(self, tenant: str, doc_ids: Sequence[str]) -> dict[str, int]: ...
+
+    async def raise_doc_versions(self, versions: Mapping[tuple[str, str], int]) -> None: ...
+
+    async def forget_doc_version(self, tenant: str, doc_id: str) -> None: ...
+
+    async def set_watermarks(
+        self, marks: Mapping[tuple[str, str], tuple[int, int]], *, applied_offsets: Mapping[int, int], topic: str
+    ) -> None: ...
+
+    async def set_applied_offsets(self, offsets: Mapping[int, int], *, topic: str) -> None: ...
+
+
+class ArchiveSink(Protocol):
+    """Where accepted records are archived before their offsets are committed
+    (:class:`ctxpipe.storage.cold.ColdStore`). Idempotent: the same batch again rewrites
+    the same object."""
+
+    async def archive(self, topic: str, partition: int, records: Sequence[ArchivedRecord]) -> object: ...
+
+
+class TextEmbedder(Protocol):
+    """Async text -> vectors with hit counters (:class:`ctxpipe.processors.embedding.CachedEmbedder`)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def hits(self) -> int:
+        """Texts served from the cache so far."""
+        ...
+
+    @property
+    def embedded(self) -> int:
+        """Texts the model embedded so far."""
+        ...
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 
 # Records dead-lettered in a row (no record stored in between) past which the worker
@@ -104,25 +153,28 @@ class IngestPipeline:
     def __init__(
         self,
         *,
-        hot: HotStore,
+        hot: HotTier,
         ledger: EventLedger,
         semantic: SemanticStore,
-        cold: ColdStore,
-        embedder: CachedEmbedder,
+        archive: ArchiveSink,
+        embedder: TextEmbedder,
         counter: TokenCounter,
         dead_letters: DeadLetterSink,
         chunking: ChunkingSettings | None = None,
+        after_batch: Callable[[Sequence[RawRecord]], None] | None = None,
     ) -> None:
         self._hot = hot
         self._ledger = ledger
         self._semantic = semantic
-        self._cold = cold
+        self._archive_sink = archive
         self._embedder = embedder
         self._counter = counter
         self._dlq = dead_letters
         self._chunking = chunking or ChunkingSettings()
         # Records dead-lettered by a failed stage since the last one stored (see MAX_POISON_STREAK).
         self._poison_streak = 0
+        # Told about every stored batch (the summary scheduler); must not block.
+        self._after_batch = after_batch
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:
         """Store the batch; every record ends stored or dead-lettered. Raises only when
@@ -157,6 +209,8 @@ class IngestPipeline:
             )
         else:
             self._poison_streak = 0
+        if self._after_batch is not None:
+            self._after_batch(records)
         return result
 
     async def _isolate(
@@ -285,7 +339,7 @@ class IngestPipeline:
         for (topic, partition), recs in by_tp.items():
             # Awaited inside the loop, so the closure sees this iteration's values.
             async with _stage("archive"):
-                await with_retries(lambda: self._cold.archive(topic, partition, recs), tier="cold")
+                await with_retries(lambda: self._archive_sink.archive(topic, partition, recs), tier="cold")
         metrics.STAGE_SECONDS.labels(stage="archive").observe(time.perf_counter() - started)
 
     async def _drop_superseded(

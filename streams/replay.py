@@ -25,14 +25,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from ctxpipe.core.errors import CtxPipeError
 from ctxpipe.core.settings import Settings
 from ctxpipe.storage.exceptions import VersionError
 from ctxpipe.storage.versions import (
@@ -50,6 +49,7 @@ from ctxpipe.storage.hot import EmbeddingCacheRedis, HotStore
 from ctxpipe.storage.ledger import EventLedger
 from ctxpipe.storage.semantic.base import SemanticStore
 from ctxpipe.storage.summaries import SummaryStore
+from ctxpipe.streams.exceptions import ReplayError
 from ctxpipe.streams.ingest import IngestPipeline
 from ctxpipe.streams.records import RawRecord
 from ctxpipe.streams.summaries.rebuild import decode_summary
@@ -57,10 +57,6 @@ from ctxpipe.streams.summaries.rebuild import decode_summary
 log = logging.getLogger(__name__)
 
 _FETCH_MS: Final = 500
-
-
-class ReplayError(CtxPipeError):
-    """The range cannot be replayed (unknown topic, inconsistent resume, Kafka trouble)."""
 
 
 @dataclass(slots=True)
@@ -101,19 +97,33 @@ class ReplayReport:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-class _ReadOnlyCold(ColdStore):
-    """The shared cold tier, read-only for a replay: the archive already holds every record
-    (re-archiving under other batch boundaries would only duplicate objects) and summary
-    records are already stored; reads go through unchanged."""
+class _AlreadyArchived:
+    """The replay's archive sink: the archive already holds every record (it is what the
+    replay reads), and re-archiving under other batch boundaries would only duplicate
+    objects. Writes nothing."""
+
+    async def archive(self, topic: str, partition: int, records: Sequence[ArchivedRecord]) -> None:
+        return None
+
+
+class _RecordedSummaries:
+    """The shared cold tier as the replay's summary store sees it: summary records are
+    already stored there (versions and latest), so reads go through and writes do nothing."""
 
     def __init__(self, cold: ColdStore) -> None:
-        super().__init__(cold.settings, client=cold.client)
+        self._cold = cold
 
-    async def archive(self, topic: str, partition: int, records: Sequence[ArchivedRecord]) -> str | None:
+    async def put_json(self, key: str, obj: Any) -> None:
         return None
 
-    async def put_json(self, key: str, obj: object) -> None:
+    async def delete(self, key: str) -> None:
         return None
+
+    async def get_json(self, key: str) -> Any | None:
+        return await self._cold.get_json(key)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        return await self._cold.list_keys(prefix)
 
 
 class _AlreadyDeadLettered:
@@ -358,7 +368,7 @@ class Replayer:
             hot=hot,
             ledger=EventLedger(vredis, hot.client),
             semantic=semantic,
-            cold=_ReadOnlyCold(cold),
+            archive=_AlreadyArchived(),
             embedder=embedder,
             counter=LocalTokenCounter(),
             dead_letters=_AlreadyDeadLettered(),
@@ -451,7 +461,7 @@ class Replayer:
                 return 0
             consumer.assign(live)
             await consumer.seek_to_beginning(*live)
-            store = SummaryStore(hot, _ReadOnlyCold(cold))
+            store = SummaryStore(hot, _RecordedSummaries(cold))
             remaining = set(live)
             while remaining:
                 got = await consumer.getmany(*remaining, timeout_ms=_FETCH_MS, max_records=self.batch_max)

@@ -32,7 +32,6 @@ from ctxpipe.streams.app import running_app
 from ctxpipe.streams.dlq import KafkaDeadLetterSink
 from ctxpipe.streams.ingest import BatchResult, IngestPipeline
 from ctxpipe.streams.records import RawRecord
-from ctxpipe.streams.summaries.pipeline import SummarizingPipeline
 from ctxpipe.streams.summaries.scheduler import SummaryScheduler, open_summaries
 from ctxpipe.streams.lag import ProgressTracker, track_lag
 from ctxpipe.streams.topics import ensure_topics
@@ -166,16 +165,18 @@ class PipelineFollower:
             open_summaries(self.settings, hot=hot, cold=self.cold, producer=self.producer)
         ) if self._with_summaries else None
         self.summaries = summaries
-        return SummarizingPipeline(
-            summaries=summaries,
+        return IngestPipeline(
             hot=hot,
             ledger=EventLedger(vsettings.redis, hot.client),
             semantic=semantic,
-            cold=self.cold,
+            archive=self.cold,
             embedder=self.embedder,
             counter=LocalTokenCounter(),
             dead_letters=KafkaDeadLetterSink(self.producer, self.settings.kafka.dlq_topic),
             chunking=chunking,
+            # Each stored batch's summary work goes to the scheduler (in the background;
+            # the batch is acked without waiting for it).
+            after_batch=summaries.after_batch if summaries is not None else None,
         )
 
     async def process(self, records: Sequence[RawRecord]) -> BatchResult:

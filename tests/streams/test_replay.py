@@ -26,6 +26,7 @@ from ctxpipe.storage.versions import VersionRegistry, VersionStatus, edge_path_o
 from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
 from ctxpipe.processors.tokens import LocalTokenCounter
 from ctxpipe.processors.embedding import HashEmbedder
+from ctxpipe.storage.cold import ColdStore
 from ctxpipe.storage.retention import cleanup
 from ctxpipe.core.events import EventPosition, SourceEvent
 from ctxpipe.streams.publisher import Publisher
@@ -198,6 +199,24 @@ async def test_replay_reads_what_kafka_deleted_from_the_cold_archive(test_settin
     report = await Replayer(settings, "from-archive", model=HashEmbedder()).run()
     assert report.from_archive == sum(o for o in cut.values()), report
     assert await _state(settings, "from-archive") == await _state(settings, "from-kafka")
+
+
+async def test_replay_writes_nothing_to_the_shared_cold_tier(test_settings: Settings) -> None:
+    # The archive is what a replay reads and the summaries are already stored: the replay
+    # hands the pipeline and the summary store sinks that write nothing (other batch
+    # boundaries would otherwise re-archive every record under new keys).
+    settings = _fast(test_settings)
+    await _publish_and_ingest(settings, _corpus(uuid.uuid4().hex[:6]))
+
+    async def objects() -> dict[str, bytes | None]:
+        async with ColdStore(settings.s3) as cold:
+            return {key: await cold.get_bytes(key) for key in await cold.list_keys("")}
+
+    before = await objects()
+    assert any(key.startswith("events/") for key in before), sorted(before)
+    report = await Replayer(settings, "cold-untouched", model=HashEmbedder()).run()
+    assert report.events > 0 and report.summaries > 0, report
+    assert await objects() == before
 
 
 async def test_cleanup_removes_dropped_and_expired_scratch_versions_only(test_settings: Settings) -> None:
