@@ -27,7 +27,7 @@ from ctxpipe.core.errors import CtxPipeError
 from ctxpipe.processors.summarize import SummaryRecord
 from ctxpipe.storage.cold import ColdStore
 from ctxpipe.storage.hot import HotStore
-from ctxpipe.streams.summaries import SummaryStore
+from ctxpipe.storage.summaries import SummaryStore
 
 log = logging.getLogger(__name__)
 SUMMARIZED_NOTE: Final = "Earlier parts of this conversation were summarized"

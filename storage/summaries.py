@@ -164,9 +164,6 @@ class SummaryStore:
         """Every stored version, oldest coverage first (audits, tests)."""
         return await self._versions(summary_key(tenant, scope))
 
-    async def document_versions(self, tenant: str, doc_id: str) -> list[SummaryRecord]:
-        return await self._versions(doc_summary_key(tenant, doc_id))
-
     async def _versions(self, latest_key: str) -> list[SummaryRecord]:
         prefix = latest_key.removesuffix(".json") + "/versions/"
         out: list[SummaryRecord] = []
