@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
 from ctxpipe.assembly.client import AsyncContextClient
@@ -29,9 +28,10 @@ from ctxpipe.core.settings import Settings
 from ctxpipe.infra.testing import free_port
 from ctxpipe.processors.embedding import HashEmbedder
 from ctxpipe.processors.types import Chunk, EmbeddedChunk
-from ctxpipe.core.events import EventKind, EventPosition, Role
+from ctxpipe.core.events import EventKind, Role
 from ctxpipe.streams.publisher import Publisher
 
+from support.ingest import read_topic, wait_applied
 from support.serving import serving
 
 KEYS = {"acme": "key-acme", "globex": "key-globex"}
@@ -46,11 +46,6 @@ def _with_keys(settings: Settings) -> Settings:
 async def runtime(test_settings: Settings) -> AsyncIterator[Runtime]:
     async with open_runtime(_with_keys(test_settings), worker=True, model=HashEmbedder()) as rt:
         yield rt
-
-
-async def _wait_applied(rt: Runtime, positions: list[EventPosition], timeout_s: float = 120) -> None:
-    topic = rt.settings.kafka.source_topic
-    await rt.hot.wait_applied(topic, [(p.partition, p.offset) for p in positions], timeout_s=timeout_s)
 
 
 def _msg(run: str, i: int, tenant: str, scope: str, text: str, role: str = "user") -> dict[str, Any]:
@@ -72,7 +67,7 @@ async def test_context_end_to_end_read_your_writes_and_recording(runtime: Runtim
     ]
     async with Publisher(ks) as pub:
         positions = await pub.publish(events)
-    await _wait_applied(runtime, positions)
+    await wait_applied(runtime.hot, ks.source_topic, positions)
 
     async with serving(runtime) as api, AsyncContextClient(
         "http://assembly", api_key=KEYS["acme"], transport=api.transport
@@ -129,23 +124,8 @@ async def test_context_end_to_end_read_your_writes_and_recording(runtime: Runtim
         assert stored["request"]["wait_for"][0]["offset"] == pos.offset
         assert stored["positions"]["applied"]
 
-    logged = await _read_windows(runtime.settings, expect=4)
-    assert fresh.trace_id in {orjson.loads(r)["trace_id"] for r in logged}
-
-
-async def _read_windows(settings: Settings, expect: int, timeout_s: float = 30) -> list[bytes]:
-    consumer = AIOKafkaConsumer(settings.kafka.windows_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    out: list[bytes] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while len(out) < expect and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(r.value for r in records)
-    finally:
-        await consumer.stop()
-    return out
+    logged = await read_topic(ks, ks.windows_topic, expect=4)
+    assert fresh.trace_id in {orjson.loads(r.value)["trace_id"] for r in logged}
 
 
 async def test_the_api_leaves_the_interpreter_alone(test_settings: Settings) -> None:
@@ -172,7 +152,7 @@ async def test_tenant_never_sees_another_tenants_items(runtime: Runtime) -> None
     ]
     async with Publisher(ks) as pub:
         positions = await pub.publish(events)
-    await _wait_applied(runtime, positions)
+    await wait_applied(runtime.hot, ks.source_topic, positions)
     async with serving(runtime) as api, AsyncContextClient(
         "http://assembly", api_key=KEYS["acme"], transport=api.transport
     ) as client:
@@ -196,7 +176,7 @@ async def test_prefix_changes_when_a_pinned_fact_changes(runtime: Runtime) -> No
             {"event_id": f"{run}-f1", "tenant": "acme", "scope": scope, "kind": "fact",
              "content": "Plan: basic.", "metadata": {}},
         ])
-    await _wait_applied(runtime, positions)
+    await wait_applied(runtime.hot, ks.source_topic, positions)
     async with AssemblyService(runtime) as service:
         from ctxpipe.assembly.models import ContextRequest
 
@@ -209,7 +189,7 @@ async def test_prefix_changes_when_a_pinned_fact_changes(runtime: Runtime) -> No
         async with Publisher(ks) as pub:
             positions = await pub.publish([{"event_id": f"{run}-f2", "tenant": "acme", "scope": scope,
                                             "kind": "fact", "content": "Plan: premium.", "metadata": {}}])
-        await _wait_applied(runtime, positions)
+        await wait_applied(runtime.hot, ks.source_topic, positions)
         c = await service.assemble(req("first question"))
         assert c.prefix_sha256 != a.prefix_sha256
 
