@@ -153,10 +153,13 @@ async def test_sigkilled_service_answers_within_seconds_and_loses_nothing(
 
     print(f"restart to healthy: {[round(s, 2) for s in restart_s]} s; "
           f"restart to worker running: {[round(s, 2) for s in worker_s]} s")
+    # The hot tier holds a scope's newest hot_max_items: a slower machine publishes more than
+    # that during the restarts (the cold archive below checks every event).
+    keep = settings.redis.hot_max_items
     try:
         for s in range(N_SCOPES):
             ids = [c.event_id for c in await hot.recent(TENANT, f"session:{s}")]
-            assert ids == [e["event_id"] for e in published if e["scope"] == f"session:{s}"]
+            assert ids == [e["event_id"] for e in published if e["scope"] == f"session:{s}"][-keep:]
     finally:
         await hot.aclose()
     async with ColdStore(settings.s3) as cold:
