@@ -37,6 +37,7 @@ stop:
 status:
 	@$(PYTHON) -m ctxpipe.infra status
 
+# mypy strict over the packages and the tests (files and paths: pyproject's [tool.mypy]).
 typecheck: install
 	$(PYTHON) -m mypy
 

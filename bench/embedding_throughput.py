@@ -50,7 +50,7 @@ def main() -> None:
     started = time.perf_counter()
     embedder.load()
     print(f"model load: {time.perf_counter() - started:.2f}s  torch threads: {args.threads}")
-    model = embedder._get_model()
+    model = embedder.model
     model.encode(texts[:64], batch_size=64, normalize_embeddings=True, show_progress_bar=False)  # warm-up
 
     for batch in (int(b) for b in args.batch_sizes.split(",")):

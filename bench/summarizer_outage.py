@@ -5,7 +5,7 @@ down, side by side in one run.
 
 Needs the local stack (``python -m ctxpipe.infra up``; started here if it is not running).
 "healthy": Claude through the real ``anthropic`` client against the loopback fake Messages
-API (tests/fakes/anthropic_server.py, in a child process so its work does not share our
+API (tests/support/fakes/anthropic_server.py, in a child process so its work does not share our
 interpreter; ``--api-latency`` seconds per answer). "down": the same client pointed at a
 closed loopback port, so every call fails (retries, then the breaker) and the extractive
 fallback makes every summary. Per phase, with a running worker (HashEmbedder: the pipeline's
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 sys.path.append(str(ROOT / "tests"))
 
-from fakes.anthropic_server import closed_port  # noqa: E402
+from support.fakes.anthropic_server import closed_port  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from ctxpipe.assembly.models import ContextRequest  # noqa: E402
@@ -61,7 +61,7 @@ TENANT = "bench"
 _FAKE_SERVER = """
 import sys
 sys.path.append(sys.argv[1])
-from fakes.anthropic_server import FakeAnthropicServer, Reply
+from support.fakes.anthropic_server import FakeAnthropicServer, Reply
 server = FakeAnthropicServer().start()
 server.default = Reply.ok(delay_s=float(sys.argv[2]))
 print(server.port, flush=True)

@@ -6,7 +6,7 @@ running; what this session started is stopped at the end. With ``CTX_TEST_SERVER
 the servers come from a container engine instead (:mod:`ctxpipe.infra.containers`), and the
 tests that start, stop or kill the local stack's processes are skipped. Each test gets its own topics,
 consumer group, Redis key prefix, S3 bucket and Qdrant Edge folder, so tests never see
-each other's data.
+each other's data. The summarizer's API is a scripted fake on loopback (``fake_anthropic``).
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from ctxpipe.core.errors import CtxPipeError
-from ctxpipe.core.settings import KafkaSettings, RedisSettings, S3Settings, Settings
+from ctxpipe.core.settings import KafkaSettings, RedisSettings, S3Settings, Settings, SummarizerSettings
 from ctxpipe.infra.containers import ContainerServers
 from ctxpipe.infra.stack import Stack
 from ctxpipe.infra.testing import check_created, unique, wait_for_topics
 from ctxpipe.storage.cold import s3_client
+
+from support.fakes.anthropic_server import FakeAnthropicServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -176,4 +179,32 @@ def test_settings(
             "s3": s3_settings,
             "qdrant": settings.qdrant.model_copy(update={"edge_path": edge_path}),
         }
+    )
+
+
+# -- the summarizer's API (processors and streams tests) ---------------------------------------
+
+
+@pytest.fixture
+def fake_anthropic() -> Iterator[FakeAnthropicServer]:
+    """A scripted Messages API on 127.0.0.1 (port 0), stopped after the test."""
+    with FakeAnthropicServer() as server:
+        yield server
+
+
+@pytest.fixture
+def summarizer_settings(fake_anthropic: FakeAnthropicServer) -> SummarizerSettings:
+    """Claude pointed at the fake, with delays small enough for tests."""
+    return SummarizerSettings(
+        base_url=fake_anthropic.base_url,
+        api_key=SecretStr("sk-ant-test-not-a-real-key"),
+        timeout_s=0.5,
+        total_timeout_s=10.0,
+        max_retries=3,
+        retry_base_delay_s=0.01,
+        retry_max_delay_s=0.05,
+        retry_after_cap_s=0.3,
+        breaker_failure_threshold=3,
+        breaker_cooldown_s=30.0,
+        summary_max_tokens=200,
     )

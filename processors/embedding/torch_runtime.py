@@ -129,9 +129,11 @@ class SentenceTransformerEmbedder:
 
     def load(self) -> None:
         """Load now (e.g. at startup, so the first batch does not pay for it)."""
-        self._get_model()
+        self.model  # noqa: B018 (the property loads it)
 
-    def _get_model(self) -> SentenceTransformer:
+    @property
+    def model(self) -> SentenceTransformer:
+        """The loaded sentence-transformers model (loaded on first use, then shared)."""
         if self._model is None:
             model = _load_model(self._path, self.settings.device, self._threads)
             actual = model.get_embedding_dimension()
@@ -145,7 +147,7 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        model = self._get_model()
+        model = self.model
         try:
             vectors = model.encode(
                 list(texts),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ctxpipe.assembly.allocation import plan, refers_to_ongoing
+from ctxpipe.assembly.allocation import Plan, plan, refers_to_ongoing
 from ctxpipe.assembly.models import SECTION_ORDER, SectionName, SectionOverride
 
 SHARES: dict[SectionName, float] = {"pinned": 1.0, "summary": 0.2, "recent": 0.3, "retrieved": 1.0}
@@ -30,7 +30,7 @@ def test_questions_about_the_past_are_not(query: str) -> None:
 
 
 def _plan(query: str = "Which airline did I fly with to Tokyo last spring?",
-          overrides: dict[SectionName, SectionOverride] | None = None, method: str | None = "extractive"):  # type: ignore[no-untyped-def]
+          overrides: dict[SectionName, SectionOverride] | None = None, method: str | None = "extractive") -> Plan:
     return plan(query=query, shares=SHARES, overrides=overrides or {}, summary_method=method,
                 lead_summary_methods=["claude"], recent_floor_exchanges=1)
 

@@ -9,18 +9,16 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import httpx
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
-from ctxpipe.assembly.api import create_api
 from ctxpipe.assembly.client import AsyncContextClient
 from ctxpipe.assembly.exceptions import ClientError
 from ctxpipe.assembly.recording import load_window
@@ -30,8 +28,11 @@ from ctxpipe.core.settings import Settings
 from ctxpipe.infra.testing import free_port
 from ctxpipe.processors.embedding import HashEmbedder
 from ctxpipe.processors.types import Chunk, EmbeddedChunk
-from ctxpipe.core.events import EventKind, EventPosition, Role
+from ctxpipe.core.events import EventKind, Role
 from ctxpipe.streams.publisher import Publisher
+
+from support.ingest import read_topic, wait_applied
+from support.serving import serving
 
 KEYS = {"acme": "key-acme", "globex": "key-globex"}
 
@@ -41,42 +42,22 @@ def _with_keys(settings: Settings) -> Settings:
     return settings.model_copy(update={"api": api})
 
 
-@asynccontextmanager
-async def _serving(runtime: Runtime) -> AsyncIterator[tuple[AssemblyService, httpx.ASGITransport]]:
-    @asynccontextmanager
-    async def existing() -> AsyncIterator[Runtime]:
-        yield runtime
-
-    app = create_api(existing)
-    async with app.router.lifespan_context(app):
-        yield app.state.assembly, httpx.ASGITransport(app=app)
-
-
 @pytest.fixture
 async def runtime(test_settings: Settings) -> AsyncIterator[Runtime]:
     async with open_runtime(_with_keys(test_settings), worker=True, model=HashEmbedder()) as rt:
         yield rt
 
 
-async def _wait_applied(rt: Runtime, positions: list[EventPosition], timeout_s: float = 120) -> None:
-    topic = rt.settings.kafka.source_topic
-    await rt.hot.wait_applied(topic, [(p.partition, p.offset) for p in positions], timeout_s=timeout_s)
-
-
-def _msg(run: str, i: int, tenant: str, scope: str, text: str, role: str = "user") -> dict[str, object]:
+def _msg(run: str, i: int, tenant: str, scope: str, text: str, role: str = "user") -> dict[str, Any]:
     return {"event_id": f"{run}-{tenant}-{i}", "tenant": tenant, "scope": scope, "kind": "message",
             "role": role, "content": text, "metadata": {"i": i, "nested": {"k": [1, None]}}}
-
-
-def _texts(payload: dict[str, object]) -> str:
-    return orjson.dumps(payload).decode()
 
 
 async def test_context_end_to_end_read_your_writes_and_recording(runtime: Runtime) -> None:
     ks = runtime.settings.kafka
     run = uuid.uuid4().hex[:6]
     scope = f"chat:{run}"
-    events = [
+    events: list[dict[str, Any]] = [
         _msg(run, 0, "acme", scope, "My order ORD-1001 has not arrived yet."),
         _msg(run, 1, "acme", scope, "Sorry to hear that, let me check ORD-1001.", "assistant"),
         _msg(run, 2, "acme", scope, "It was supposed to come on Monday."),
@@ -86,10 +67,10 @@ async def test_context_end_to_end_read_your_writes_and_recording(runtime: Runtim
     ]
     async with Publisher(ks) as pub:
         positions = await pub.publish(events)
-    await _wait_applied(runtime, positions)
+    await wait_applied(runtime.hot, ks.source_topic, positions)
 
-    async with _serving(runtime) as (service, transport), AsyncContextClient(
-        "http://assembly", api_key=KEYS["acme"], transport=transport
+    async with serving(runtime) as api, AsyncContextClient(
+        "http://assembly", api_key=KEYS["acme"], transport=api.transport
     ) as client:
         resp = await client.context(tenant="acme", scope=scope, query="when will ORD-1001 arrive?",
                                     budget_tokens=2000)
@@ -137,36 +118,21 @@ async def test_context_end_to_end_read_your_writes_and_recording(runtime: Runtim
             await client.context(tenant="globex", scope=scope, query="x", budget_tokens=500)
         assert err.value.status_code == 403
 
-        await service.drain()
+        await api.service.drain()
         stored = orjson.loads(await load_window(runtime.cold, "acme", fresh.trace_id))
         assert stored["response"]["trace_id"] == fresh.trace_id
         assert stored["request"]["wait_for"][0]["offset"] == pos.offset
         assert stored["positions"]["applied"]
 
-    logged = await _read_windows(runtime.settings, expect=4)
-    assert fresh.trace_id in {orjson.loads(r)["trace_id"] for r in logged}
-
-
-async def _read_windows(settings: Settings, expect: int, timeout_s: float = 30) -> list[bytes]:
-    consumer = AIOKafkaConsumer(settings.kafka.windows_topic, bootstrap_servers=settings.kafka.bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    out: list[bytes] = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while len(out) < expect and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(r.value for r in records)
-    finally:
-        await consumer.stop()
-    return out
+    logged = await read_topic(ks, ks.windows_topic, expect=4)
+    assert fresh.trace_id in {orjson.loads(r.value)["trace_id"] for r in logged}
 
 
 async def test_the_api_leaves_the_interpreter_alone(test_settings: Settings) -> None:
     # Interpreter tuning is the serve command's opt-in (ctxpipe.app.interpreter), never the API's.
     before = (gc.get_threshold(), sys.getswitchinterval(), gc.get_freeze_count())
     async with open_runtime(test_settings, worker=False, model=HashEmbedder()) as rt:
-        async with _serving(rt):
+        async with serving(rt):
             assert (gc.get_threshold(), sys.getswitchinterval(), gc.get_freeze_count()) == before
 
 
@@ -174,7 +140,7 @@ async def test_tenant_never_sees_another_tenants_items(runtime: Runtime) -> None
     ks = runtime.settings.kafka
     run = uuid.uuid4().hex[:6]
     scope = "support"  # the same scope name for both tenants
-    events = [
+    events: list[dict[str, Any]] = [
         _msg(run, 0, "acme", scope, "acme order ORD-2 refund request for the blue kettle"),
         _msg(run, 1, "globex", scope, "globex order ORD-2 refund request for the blue kettle secret-globex"),
         {"event_id": f"{run}-gfact", "tenant": "globex", "scope": scope, "kind": "fact",
@@ -186,9 +152,9 @@ async def test_tenant_never_sees_another_tenants_items(runtime: Runtime) -> None
     ]
     async with Publisher(ks) as pub:
         positions = await pub.publish(events)
-    await _wait_applied(runtime, positions)
-    async with _serving(runtime) as (_, transport), AsyncContextClient(
-        "http://assembly", api_key=KEYS["acme"], transport=transport
+    await wait_applied(runtime.hot, ks.source_topic, positions)
+    async with serving(runtime) as api, AsyncContextClient(
+        "http://assembly", api_key=KEYS["acme"], transport=api.transport
     ) as client:
         resp = await client.context(tenant="acme", scope=scope, scopes=["kb"],
                                     query="refund request for the blue kettle secret-globex", budget_tokens=4000)
@@ -210,7 +176,7 @@ async def test_prefix_changes_when_a_pinned_fact_changes(runtime: Runtime) -> No
             {"event_id": f"{run}-f1", "tenant": "acme", "scope": scope, "kind": "fact",
              "content": "Plan: basic.", "metadata": {}},
         ])
-    await _wait_applied(runtime, positions)
+    await wait_applied(runtime.hot, ks.source_topic, positions)
     async with AssemblyService(runtime) as service:
         from ctxpipe.assembly.models import ContextRequest
 
@@ -223,7 +189,7 @@ async def test_prefix_changes_when_a_pinned_fact_changes(runtime: Runtime) -> No
         async with Publisher(ks) as pub:
             positions = await pub.publish([{"event_id": f"{run}-f2", "tenant": "acme", "scope": scope,
                                             "kind": "fact", "content": "Plan: premium.", "metadata": {}}])
-        await _wait_applied(runtime, positions)
+        await wait_applied(runtime.hot, ks.source_topic, positions)
         c = await service.assemble(req("first question"))
         assert c.prefix_sha256 != a.prefix_sha256
 
@@ -231,8 +197,14 @@ async def test_prefix_changes_when_a_pinned_fact_changes(runtime: Runtime) -> No
 # -- a dead Redis --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _PrivateRedis:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+
 @pytest.fixture
-def private_redis(tmp_path: Path) -> "subprocess.Popen[bytes]":
+def private_redis(tmp_path: Path) -> Iterator[_PrivateRedis]:
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed")
@@ -242,18 +214,16 @@ def private_redis(tmp_path: Path) -> "subprocess.Popen[bytes]":
          "--dir", str(tmp_path)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    proc.port = port  # type: ignore[attr-defined]
-    yield proc  # type: ignore[misc]
+    yield _PrivateRedis(proc, port)
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=10)
 
 
 async def test_dead_redis_gives_a_degraded_answer_not_an_error(
-    test_settings: Settings, private_redis: "subprocess.Popen[bytes]"
+    test_settings: Settings, private_redis: _PrivateRedis
 ) -> None:
-    port = private_redis.port  # type: ignore[attr-defined]
-    redis = test_settings.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})
+    redis = test_settings.redis.model_copy(update={"url": f"redis://127.0.0.1:{private_redis.port}/0"})
     settings = _with_keys(test_settings).model_copy(update={"redis": redis})
     embedder = HashEmbedder()
     async with open_runtime(settings, worker=False, model=embedder) as rt:
@@ -280,14 +250,14 @@ async def test_dead_redis_gives_a_degraded_answer_not_an_error(
             EmbeddedChunk(chunk=c, vector=embedder.embed([c.text])[0], model=embedder.model_name)
             for c in (turn, doc)
         ])
-        async with _serving(rt) as (_, transport), AsyncContextClient(
-            "http://assembly", api_key=KEYS["acme"], transport=transport
+        async with serving(rt) as api, AsyncContextClient(
+            "http://assembly", api_key=KEYS["acme"], transport=api.transport
         ) as client:
             ok = await client.context(tenant="acme", scope="chat", scopes=["kb"], query="kettle warranty",
                                       budget_tokens=1000)
             assert not ok.degraded
-            private_redis.kill()
-            private_redis.wait(timeout=10)
+            private_redis.proc.kill()
+            private_redis.proc.wait(timeout=10)
             resp = await client.context(tenant="acme", scope="chat", scopes=["kb"], query="kettle warranty?",
                                         budget_tokens=1000, wait_for=[{"partition": 0, "offset": 1}])
     assert resp.degraded and any(r.startswith("hot") for r in resp.degraded_reasons)

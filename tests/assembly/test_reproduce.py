@@ -10,20 +10,15 @@ from pydantic import SecretStr
 from ctxpipe.assembly.models import ContextRequest, StreamPosition
 from ctxpipe.assembly.recording import load_window
 from ctxpipe.assembly.reproduce import diff_windows, rebuild
-from ctxpipe.app.runtime import Runtime, open_runtime
+from ctxpipe.app.runtime import open_runtime
 from ctxpipe.core.settings import Settings
 from ctxpipe.processors.embedding import HashEmbedder
-from ctxpipe.core.events import EventPosition
 from ctxpipe.streams.publisher import Publisher
 
+from support.ingest import wait_applied
 from support.serving import serving
 
 KEYS = {"acme": "key-acme", "globex": "key-globex"}
-
-
-async def _wait_applied(rt: Runtime, positions: list[EventPosition], timeout_s: float = 120) -> None:
-    topic = rt.settings.kafka.source_topic
-    await rt.hot.wait_applied(topic, [(p.partition, p.offset) for p in positions], timeout_s=timeout_s)
 
 
 def _events(run: str, scope: str, start: int, n: int) -> list[dict[str, object]]:
@@ -46,7 +41,7 @@ async def test_reproduce_returns_the_recorded_bytes_and_rebuilds_an_identical_wi
     async with open_runtime(settings, worker=True, model=HashEmbedder()) as rt:
         async with Publisher(settings.kafka) as pub:
             positions = await pub.publish(_events(run, scope, 0, 8))
-        await _wait_applied(rt, positions)
+        await wait_applied(rt.hot, settings.kafka.source_topic, positions)
 
         async with serving(rt) as api:
             service = api.service
@@ -60,7 +55,7 @@ async def test_reproduce_returns_the_recorded_bytes_and_rebuilds_an_identical_wi
             # Later events arrive: the record must not change, the rebuild must ignore them.
             async with Publisher(settings.kafka) as pub:
                 later = await pub.publish(_events(run, scope, 100, 6))
-            await _wait_applied(rt, later)
+            await wait_applied(rt.hot, settings.kafka.source_topic, later)
 
             stored = raw = await load_window(rt.cold, "acme", served.trace_id)
             doc = orjson.loads(raw)

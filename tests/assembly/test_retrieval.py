@@ -183,7 +183,9 @@ async def test_reply_of_a_retrieved_question_follows_it(runtime: Runtime) -> Non
 
 
 @pytest.mark.parametrize("hop_vector", ["embed", "mix"])
-async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runtime, hop_vector: Literal["embed", "mix"]) -> None:
+async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(
+    runtime: Runtime, hop_vector: Literal["embed", "mix"], monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = uuid.uuid4().hex[:6]
     filler = [f"I opened INC-{13330 + i} for a ticket about the dashboard being slow." for i in range(8)]
     await _ingest(runtime, [
@@ -210,7 +212,7 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runti
         fetched.append(list(ids))
         return await dense_vectors(tenant, ids)
 
-    runtime.semantic.dense_vectors = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(runtime.semantic, "dense_vectors", counted)
     two_hop = await _retrieve(
         runtime, RetrievalConfig(pool=3, second_hop=3, second_hop_vector=hop_vector), query, scopes
     )
@@ -230,7 +232,7 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runti
         texts.extend(text for _, text, _ in queries)
         return await search_batch(tenant, scopes, queries, *args, **kwargs)
 
-    runtime.semantic.search_batch = recorded  # type: ignore[method-assign]
+    monkeypatch.setattr(runtime.semantic, "search_batch", recorded)
     trimmed = await _retrieve(
         runtime, RetrievalConfig(pool=3, second_hop=3, second_hop_vector=hop_vector, second_hop_words=3), query, scopes
     )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctxpipe.assembly.anthropic_format import check_alternation, count_layout, stable_prefix_bytes
 from ctxpipe.assembly.exceptions import BudgetTooSmallError
-from ctxpipe.assembly.models import SECTION_ORDER
-from ctxpipe.assembly.window import Hit, Summary, WindowConfig, minimum_budget
+from ctxpipe.assembly.models import SECTION_ORDER, SectionName
+from ctxpipe.assembly.window import Hit, Summary, Window, WindowConfig, minimum_budget
 from ctxpipe.processors.types import Chunk
 from ctxpipe.core.events import EventKind, Role
 
@@ -32,8 +34,24 @@ _words = st.lists(st.sampled_from(["order", "refund", "1234", "ünïcode", "{jso
                   min_size=1, max_size=60).map(" ".join)
 
 
+@dataclass(frozen=True)
+class _ScopeState:
+    recent: list[Chunk]
+    facts: list[Chunk]
+    hits: list[Hit]
+    summary: Summary | None
+    query: str
+    shares: dict[SectionName, float]
+    fill_order: tuple[SectionName, ...]
+    recent_max_exchanges: int | None
+    max_item_share: float
+
+
+_SUMMARY_LAST: tuple[SectionName, ...] = ("pinned", "recent", "retrieved", "summary")
+
+
 @st.composite
-def _scope_state(draw: st.DrawFn) -> dict[str, object]:
+def _scope_state(draw: st.DrawFn) -> _ScopeState:
     n_turns = draw(st.integers(0, 30))
     roles = draw(st.lists(st.sampled_from([Role.USER, Role.ASSISTANT, None]), min_size=n_turns, max_size=n_turns))
     recent: list[Chunk] = []
@@ -48,40 +66,41 @@ def _scope_state(draw: st.DrawFn) -> dict[str, object]:
     # Retrieval may return chunks of turns already in the history: they must not repeat.
     hits += [Hit(c, 0.9) for c in draw(st.lists(st.sampled_from(recent), max_size=3))] if recent else []
     summary = Summary(draw(_words)) if draw(st.booleans()) else None
-    shares = {
+    shares: dict[SectionName, float] = {
         "pinned": draw(st.sampled_from([1.0, 0.1, 0.5])),
         "summary": draw(st.floats(0, 1)),
         "recent": draw(st.floats(0, 1)),
         "retrieved": 1.0,
     }
-    return {"recent": recent, "facts": facts, "hits": hits, "summary": summary,
-            "query": draw(_words), "shares": shares,
-            "fill_order": draw(st.sampled_from([SECTION_ORDER, ("pinned", "recent", "retrieved", "summary")])),
-            "recent_max_exchanges": draw(st.sampled_from([None, 0, 1, 2])),
-            "max_item_share": draw(st.sampled_from([1.0, 0.3]))}
+    return _ScopeState(recent=recent, facts=facts, hits=hits, summary=summary,
+                       query=draw(_words), shares=shares,
+                       fill_order=draw(st.sampled_from([SECTION_ORDER, _SUMMARY_LAST])),
+                       recent_max_exchanges=draw(st.sampled_from([None, 0, 1, 2])),
+                       max_item_share=draw(st.sampled_from([1.0, 0.3])))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(state=_scope_state(), budget=st.integers(MIN_BUDGET + 60, 6000))
-def test_budget_never_exceeded_and_roles_alternate(state: dict[str, object], budget: int) -> None:
+def test_budget_never_exceeded_and_roles_alternate(state: _ScopeState, budget: int) -> None:
     config = WindowConfig(
-        system_prompt=CONFIG.system_prompt, shares=state["shares"],  # type: ignore[arg-type]
-        fill_order=state["fill_order"], recent_max_exchanges=state["recent_max_exchanges"],  # type: ignore[arg-type]
-        max_item_share=state["max_item_share"],  # type: ignore[arg-type]
+        system_prompt=CONFIG.system_prompt, shares=state.shares, fill_order=state.fill_order,
+        recent_max_exchanges=state.recent_max_exchanges, max_item_share=state.max_item_share,
     )
-    w = build(budget, config=config, **state)  # type: ignore[arg-type]
+    w = build(budget, config=config, query=state.query, facts=state.facts, summary=state.summary,
+              recent=state.recent, hits=state.hits)
     assert w.used_tokens <= budget
     assert w.used_tokens == count_layout(w.layout, COUNTER.count)
     messages = w.layout.messages_payload()
     assert check_alternation(messages)
     assert all(block["text"] for m in messages for block in m["content"])
     # An item appears once across sections.
-    placed = [i.chunk.event_id for s in ("pinned", "recent", "retrieved") for i in w.sections[s].items if i.tokens]
+    placeable: tuple[SectionName, ...] = ("pinned", "recent", "retrieved")
+    placed = [i.chunk.event_id for s in placeable for i in w.sections[s].items if i.tokens]
     assert len(placed) == len(set(placed))
     # Every candidate that is not in the window is accounted for.
     shown = {i.chunk.event_id for s in w.sections.values() for i in s.items}
     omitted = {o.event_id for o in w.omitted}
-    facts: list[Chunk] = state["facts"]  # type: ignore[assignment]
+    facts = state.facts
     for f in facts:
         assert f.event_id in shown or f.event_id in omitted or any(
             g.text.lower() == f.text.lower() for g in facts if g.event_id in shown)
@@ -133,12 +152,14 @@ def test_drop_order_retrieved_then_older_turns_then_summary_then_facts() -> None
     recent = conversation(6, words=20)
     hits = [_doc(f"d{i}", f"reference material {i} " * 15, 0.5 + i / 100) for i in range(4)]
     summary = Summary("they discussed shipping and returns at length " * 3)
-    state = dict(facts=facts, recent=recent, hits=hits, summary=summary)
-    big = build(5000, **state)  # type: ignore[arg-type]
+    def at(budget: int) -> Window:
+        return build(budget, facts=facts, recent=recent, hits=hits, summary=summary)
+
+    big = at(5000)
     assert len(big.sections["retrieved"].items) == 4 and not big.omitted
 
     def sizes(budget: int) -> tuple[int, int, int, int]:
-        w = build(budget, **state)  # type: ignore[arg-type]
+        w = at(budget)
         s = w.sections
         return (len(s["pinned"].items), len(s["summary"].items), len(s["recent"].items), len(s["retrieved"].items))
 

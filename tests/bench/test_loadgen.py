@@ -59,7 +59,9 @@ async def server() -> AsyncIterator[tuple[str, int]]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     # Idle keep-alive connections closed after 0.3 s (uvicorn's default is 5 s).
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=0.3))
+    # uvicorn annotates the timeout as int; any number works (it goes to loop.call_later).
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=0.3)  # type: ignore[arg-type]
+    srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve(sockets=[sock]))
     while not srv.started:
         await asyncio.sleep(0.01)

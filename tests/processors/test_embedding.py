@@ -142,4 +142,4 @@ def test_real_model_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cosine(cat, kitten) > cosine(cat, tax) + 0.3
     # A second instance reuses the process-wide model.
     again = SentenceTransformerEmbedder()
-    assert again._get_model() is embedder._get_model()
+    assert again.model is embedder.model

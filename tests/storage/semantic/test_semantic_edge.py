@@ -257,9 +257,10 @@ async def test_process_store_keeps_the_lock_and_the_data_across_reopen(tmp_path:
         with pytest.raises(SemanticStoreLocked):
             await EdgeProcessStore.open(tmp_path, DIM)
         # Many calls in flight at once come back to their own callers.
-        counts, *searches = await asyncio.gather(
+        counts, searches = await asyncio.gather(
             store.count("acme"),
-            *(store.search("acme", ["session:1"], items[i].vector, f"otters {i}", limit=3) for i in range(10)),
+            asyncio.gather(*(store.search("acme", ["session:1"], items[i].vector, f"otters {i}", limit=3)
+                             for i in range(10))),
         )
         assert counts == 30
         assert [hits[0].chunk for hits in searches] == [items[i].chunk for i in range(10)]
