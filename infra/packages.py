@@ -64,6 +64,13 @@ def ensure(
     return found
 
 
+def ensure_browser(*, notify: Callable[[str], None] = _quiet, log: Path | None = None) -> tuple[str, str]:
+    """(chromium, chromedriver): the headless browser and its WebDriver the console's
+    browser tests drive (tests/console), from Debian's ``chromium`` and ``chromium-driver``."""
+    browser = ensure("chromium", "chromium", notify=notify, log=log)
+    return browser, ensure("chromedriver", "chromium-driver", notify=notify, log=log)
+
+
 def _privilege(binary: str, manual: str) -> list[str]:
     """``[]`` as root, ``["sudo", "-n"]`` with password-less sudo, else an error."""
     if os.geteuid() == 0:

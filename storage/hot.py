@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, cast
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 import redis.asyncio as aioredis
@@ -534,6 +534,25 @@ class HotStore(_RedisOwner):
         async with translate_redis_errors("watermark"):
             raw = _as_bytes_map(await self.client.hgetall(meta))
         return _watermark(raw, meta)
+
+    async def scopes(self, tenant: str, *, limit: int = 200, max_keys: int = 100_000) -> list[str]:
+        """Live scopes of ``tenant`` (sorted; at most ``limit``), found by a SCAN of the
+        tenant's keys that reads at most ``max_keys`` keys (the web console's scope list)."""
+        prefix = self.tenant_prefix(tenant) + "s:"
+        # Glob characters in the (already percent-encoded) prefix match themselves only.
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        found: set[str] = set()
+        seen = 0
+        async with translate_redis_errors("scopes"):
+            async for raw in self.client.scan_iter(match=pattern, count=1000):
+                seen += 1
+                key = _as_bytes(raw).decode("utf-8", "replace")
+                segment, _, kind = key[len(prefix):].rpartition(":")
+                if kind in ("items", "facts", "meta") and segment:
+                    found.add(unquote(segment))
+                if len(found) >= limit or seen >= max_keys:
+                    break
+        return sorted(found)
 
     async def view(self, tenant: str, scope: str, scopes: Sequence[str], recent_limit: int) -> ScopeView:
         """The newest ``recent_limit`` items of ``scope`` and the facts and watermarks of

@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from ctxpipe.assembly.api import create_api
+from ctxpipe.console import mount_console
 from ctxpipe.core.errors import ConfigurationError
 from ctxpipe.app.interpreter import tuned_interpreter
 from ctxpipe.app.runtime import Runtime, open_runtime
@@ -61,6 +62,7 @@ def _with_static_membership(settings: Settings) -> Settings:
 
 async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
     api = create_api(lambda: nullcontext(runtime))
+    mount_console(api)  # the web console at /console (same port, same tenant keys)
     # log_config=None: uvicorn keeps the levels and handler of ctxpipe.app.logs.
     config = uvicorn.Config(api, host=settings.api.host, port=settings.api.port, log_config=None,
                             log_level=None, access_log=settings.log.access_log)
@@ -70,7 +72,7 @@ async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
         await asyncio.sleep(0.05)
     if server.started:
         base = f"http://{settings.api.host}:{settings.api.port}"
-        log.info("API ready at %s (interactive docs at %s/docs)", base, base)
+        log.info("API ready at %s (interactive docs at %s/docs, console at %s/console)", base, base, base)
         if demo:
             from ctxpipe.app.demo import run_demo
 
