@@ -82,7 +82,7 @@ class CounterHistory:
 def rate_chart(rates: dict[str, list[tuple[float, float]]], width: int = 600, height: int = 140) -> dict[str, Any]:
     """Inline-SVG polylines (no library): one per counter, on a shared y scale."""
     pts = [p for series in rates.values() for p in series]
-    if not pts:
+    if len({t for t, _ in pts}) < 2:  # a line needs two points in time
         return {"width": width, "height": height, "lines": [], "max": 0.0, "span_s": 0.0}
     t0, t1 = min(t for t, _ in pts), max(t for t, _ in pts)
     top = max(v for _, v in pts) or 1.0

@@ -127,4 +127,4 @@ def test_rates_and_chart_from_counter_samples() -> None:
     chart = rate_chart(rates, width=100, height=50)
     line = next(l for l in chart["lines"] if l["name"] == "in")
     assert line["points"] == "0.0,30.0 100.0,10.0" and chart["max"] == 20.0
-    assert rate_chart({"in": []})["lines"] == []
+    assert rate_chart({"in": []})["lines"] == [] and rate_chart({"in": [(1.0, 2.0)]})["lines"] == []
