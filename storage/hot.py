@@ -535,24 +535,28 @@ class HotStore(_RedisOwner):
             raw = _as_bytes_map(await self.client.hgetall(meta))
         return _watermark(raw, meta)
 
-    async def scopes(self, tenant: str, *, limit: int = 200, max_keys: int = 100_000) -> list[str]:
-        """Live scopes of ``tenant`` (sorted; at most ``limit``), found by a SCAN of the
-        tenant's keys that reads at most ``max_keys`` keys (the web console's scope list)."""
+    async def scopes(self, tenant: str, *, limit: int = 200, max_keys: int = 200_000) -> tuple[list[str], bool]:
+        """Live scopes of ``tenant`` (sorted; at most ``limit``) and whether the list is
+        complete: a SCAN that examines at most about ``max_keys`` keys of the whole keyspace
+        (the web console's scope list; there is no per-tenant index of scopes)."""
         prefix = self.tenant_prefix(tenant) + "s:"
         # Glob characters in the (already percent-encoded) prefix match themselves only.
         pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
         found: set[str] = set()
-        seen = 0
+        cursor, calls, step = 0, 0, 1000
         async with translate_redis_errors("scopes"):
-            async for raw in self.client.scan_iter(match=pattern, count=1000):
-                seen += 1
-                key = _as_bytes(raw).decode("utf-8", "replace")
-                segment, _, kind = key[len(prefix):].rpartition(":")
-                if kind in ("items", "facts", "meta") and segment:
-                    found.add(unquote(segment))
-                if len(found) >= limit or seen >= max_keys:
-                    break
-        return sorted(found)
+            while True:
+                cursor, keys = await self.client.scan(cursor=cursor, match=pattern, count=step)
+                calls += 1
+                for raw in keys:
+                    key = _as_bytes(raw).decode("utf-8", "replace")
+                    segment, _, kind = key[len(prefix):].rpartition(":")
+                    if kind in ("items", "facts", "meta") and segment:
+                        found.add(unquote(segment))
+                if cursor == 0:
+                    return sorted(found)[:limit], len(found) <= limit
+                if len(found) > limit or calls * step >= max_keys:
+                    return sorted(found)[:limit], False
 
     async def view(self, tenant: str, scope: str, scopes: Sequence[str], recent_limit: int) -> ScopeView:
         """The newest ``recent_limit`` items of ``scope`` and the facts and watermarks of

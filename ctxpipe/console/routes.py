@@ -262,15 +262,16 @@ async def scopes(request: Request, who: Viewer = Depends(viewer), tenant: str = 
     if who.tenant is not None:
         tenant = who.tenant
     found: list[str] = []
+    complete = True
     error = None
     if tenant:
         if not _valid_tenant(tenant):
             return _error(request, who, 422, "not a tenant name")
         try:
-            found = await request.app.state.runtime.hot.scopes(tenant, limit=500)
+            found, complete = await request.app.state.runtime.hot.scopes(tenant, limit=500)
         except StorageError as exc:
             error = str(exc)
-    return _page(request, "scopes.html", who, tenant=tenant, scopes=found, error=error)
+    return _page(request, "scopes.html", who, tenant=tenant, scopes=found, complete=complete, error=error)
 
 
 @router.get("/scopes/{tenant}/{scope}")

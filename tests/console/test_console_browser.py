@@ -268,3 +268,25 @@ def test_a_wrong_key_is_refused_and_nothing_is_shown(test_settings: Settings, br
             assert http.get("/console/windows").status_code == 303
             assert http.post("/console/try", content=b"tenant=acme").status_code == 401
             assert http.get("/console/windows", headers={"X-API-Key": KEYS["acme"]}).status_code == 200
+
+
+def test_without_keys_the_console_is_open_to_every_tenant(test_settings: Settings) -> None:
+    with ConsoleServer(test_settings) as srv, httpx.Client(base_url=srv.base, timeout=60) as http:
+        traces = {}
+        for tenant in ("acme", "globex"):
+            r = http.post("/v1/context", json={"tenant": tenant, "scope": "s1", "query": "hi", "budget_tokens": 300})
+            assert r.status_code == 200, r.text
+            traces[tenant] = r.json()["trace_id"]
+
+        def listed() -> bool:
+            page = http.get("/console/windows").text
+            return all(t in page for t in traces.values())
+
+        _until("both tenants' windows", listed, timeout_s=30)
+        only = http.get("/console/windows", params={"tenant": "globex"}).text
+        assert traces["globex"] in only and traces["acme"] not in only
+        trace = http.get(f"/console/windows/globex/{traces['globex']}")
+        assert trace.status_code == 200 and 'id="trace-id"' in trace.text
+        # The window is keyed by tenant: acme's trace id under globex is not found.
+        assert http.get(f"/console/windows/globex/{traces['acme']}").status_code == 404
+        assert "open API: all tenants" in http.get("/console/pipeline").text
