@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 CACHE_MARK = "cache_control"
 
@@ -86,6 +88,9 @@ def window_view(response: dict[str, Any]) -> dict[str, Any]:
 
 
 def environment() -> Environment:
+    # Imported here: jinja2 costs ~90 ms of start-up, paid at the first page instead.
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
     env = Environment(
         loader=FileSystemLoader(str(files("ctxpipe.console") / "templates")),
         autoescape=select_autoescape(default=True, default_for_string=True),

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, quote
 
 import orjson
@@ -39,6 +39,9 @@ from ctxpipe.storage.exceptions import StorageError
 from ctxpipe.storage.versions import VersionRegistry
 from ctxpipe.streams.summaries import SummaryStore
 
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
 PREFIX: Final = "/console"
 # Windows and dead letters kept in memory for the lists (summaries only).
 WINDOWS_KEPT: Final = 2000
@@ -56,9 +59,15 @@ class Console:
         self.dead_letters = dead_letters_tail(ks.bootstrap_servers, ks.dlq_topic, DEAD_LETTERS_KEPT)
         self.history = pipe.CounterHistory()
         self.ends = pipe.LogEnds(ks.bootstrap_servers)
-        self.env = environment()
+        self._env: Environment | None = None
         # A rebuild replays the tenant's records into a scratch version: one at a time.
         self.rebuild_lock = asyncio.Lock()
+
+    @property
+    def env(self) -> Environment:
+        if self._env is None:
+            self._env = environment()
+        return self._env
 
     def start(self) -> None:
         self.windows.start()
