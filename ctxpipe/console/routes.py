@@ -47,6 +47,9 @@ PREFIX: Final = "/console"
 WINDOWS_KEPT: Final = 2000
 DEAD_LETTERS_KEPT: Final = 200
 _FORM_MAX_BYTES: Final = 256 * 1024
+LOG_ENDS_TIMEOUT_S: Final = 3.0
+# A rebuild replays the tenant's records from the source topic: long for a large tenant.
+REBUILD_TIMEOUT_S: Final = 600.0
 
 
 class Console:
@@ -214,8 +217,11 @@ async def rebuild_window(
     await assembly.recorder.drain()  # the rebuild reads the window from the cold tier
     console = _console(request)
     try:
-        async with console.rebuild_lock:
+        async with console.rebuild_lock, asyncio.timeout(REBUILD_TIMEOUT_S):
             result = await rebuild(runtime.settings, tenant, trace_id.lower(), model=runtime.embedder.inner)
+    except TimeoutError:
+        return JSONResponse({"detail": f"the rebuild took over {REBUILD_TIMEOUT_S:g} s: run "
+                             f"`ctxpipe reproduce {trace_id} --tenant {tenant} --rebuild` instead"}, status_code=504)
     except WindowNotFoundError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=404)
     except (ReproduceError, StorageError, KafkaError) as exc:
@@ -237,8 +243,12 @@ async def pipeline_page(request: Request, who: Viewer = Depends(viewer)) -> HTML
 
     async def positions() -> tuple[list[dict[str, int]], str | None]:
         try:
-            ends = await console.ends.ends(topic, settings.kafka.partitions)
+            # A broker down must not hold the page for the client's 40 s request timeout.
+            async with asyncio.timeout(LOG_ENDS_TIMEOUT_S):
+                ends = await console.ends.ends(topic, settings.kafka.partitions)
             return await pipe.partitions(ends, runtime.hot, topic), None
+        except TimeoutError:
+            return [], f"Kafka did not answer within {LOG_ENDS_TIMEOUT_S:g} s"
         except (KafkaError, CtxPipeError, OSError) as exc:
             return [], f"{type(exc).__name__}: {exc}"
 

@@ -285,6 +285,14 @@ def test_without_keys_the_console_is_open_to_every_tenant(test_settings: Setting
         _until("both tenants' windows", listed, timeout_s=30)
         only = http.get("/console/windows", params={"tenant": "globex"}).text
         assert traces["globex"] in only and traces["acme"] not in only
+        # Neither window is degraded or waited for writes: the filters say so.
+        fine = http.get("/console/windows", params={"degraded": "no", "pending": "no"}).text
+        assert all(t in fine for t in traces.values())
+        for flag in ("degraded", "pending"):
+            flagged = http.get("/console/windows", params={flag: "yes"}).text
+            assert not any(t in flagged for t in traces.values()), flag
+        assert all(t in http.get("/console/windows", params={"scope": "s1"}).text for t in traces.values())
+        assert not any(t in http.get("/console/windows", params={"scope": "s2"}).text for t in traces.values())
         trace = http.get(f"/console/windows/globex/{traces['globex']}")
         assert trace.status_code == 200 and 'id="trace-id"' in trace.text
         # The window is keyed by tenant: acme's trace id under globex is not found.
