@@ -51,6 +51,8 @@ async def main() -> None:
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--budget", type=int, default=2000)
     ap.add_argument("--hash-embedder", action="store_true", help="skip the real model (faster ingest)")
+    ap.add_argument("--screenshots", type=Path, default=None,
+                    help="also save headless-Chromium screenshots of the pages here (docs/console)")
     args = ap.parse_args()
 
     Stack(Settings()).up()
@@ -111,10 +113,57 @@ async def _bench(settings: Settings, ds: object, args: argparse.Namespace) -> No
                     await _time(http, name, "GET", path, args.repeat)
                 q = ds.questions[0]
                 await _time(http, "try (POST)", "POST", "/console/try", args.repeat, data={
-                    "tenant": ds.tenant, "scope": q.scope, "query": q.query, "budget_tokens": str(args.budget)})
+                    "tenant": ds.tenant, "scope": q.scope, "query": q.query, "budget_tokens": str(args.budget),
+                    "scopes": " ".join(q.scopes)})
+                if args.screenshots is not None:
+                    # Driven from a thread: this loop serves the pages the browser loads.
+                    await asyncio.to_thread(_screenshots, f"http://127.0.0.1:{port}", pages, args.screenshots,
+                                            {"scope": q.scope, "query": q.query, "budget": str(args.budget),
+                                             "scopes": " ".join(q.scopes)})
         finally:
             server.should_exit = True
             await task
+
+
+def _screenshots(base: str, pages: dict[str, str], folder: Path, ask: dict[str, str]) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    from ctxpipe.infra.packages import ensure_browser
+
+    chromium, chromedriver = ensure_browser()
+    opts = Options()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=chromedriver))
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def shot(name: str) -> None:
+        height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+        driver.set_window_size(1400, max(700, min(height + 40, 3000)))
+        driver.save_screenshot(str(folder / f"{name}.png"))
+        driver.set_window_size(1400, 1000)
+        print(f"screenshot {folder / name}.png")
+
+    try:
+        for name, file in (("windows", "bench-windows"), ("trace", "bench-trace"), ("scopes", "bench-scopes"),
+                           ("scope", "bench-scope")):
+            driver.get(base + pages[name] + ("?limit=25" if name == "windows" else ""))
+            shot(file)
+        driver.get(base + "/console/try")
+        driver.find_element(By.ID, "tenant").send_keys(pages["scope"].split("/")[3])
+        driver.find_element(By.ID, "scope").send_keys(ask["scope"])
+        driver.find_element(By.ID, "scopes").send_keys(ask["scopes"])
+        driver.find_element(By.ID, "query").send_keys(ask["query"])
+        driver.find_element(By.ID, "budget").clear()
+        driver.find_element(By.ID, "budget").send_keys(ask["budget"])
+        driver.find_element(By.ID, "send").click()
+        shot("bench-try")
+    finally:
+        driver.quit()
 
 
 async def _time(http: httpx.AsyncClient, name: str, method: str, path: str, repeat: int,

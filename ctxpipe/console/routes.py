@@ -317,7 +317,7 @@ async def scope_page(request: Request, tenant: str, scope: str, who: Viewer = De
 
 # -- try --------------------------------------------------------------------------------
 
-_TRY_DEFAULTS: Final = {"tenant": "", "scope": "", "query": "", "budget_tokens": "2000", "system_prompt": "",
+_TRY_DEFAULTS: Final = {"tenant": "", "scope": "", "query": "", "budget_tokens": "2000", "system_prompt": "", "scopes": "",
                         **{f"max_{name}": "" for name in SECTION_ORDER}}
 
 
@@ -345,6 +345,8 @@ async def try_submit(request: Request, who: Viewer = Depends(viewer)) -> HTMLRes
         return again(422, ["budget and section caps must be whole numbers"])
     if caps:
         body["sections"] = caps
+    if more := form["scopes"].replace(",", " ").split():
+        body["scopes"] = more
     if form["system_prompt"].strip():
         body["system_prompt"] = form["system_prompt"]
     try:

@@ -298,3 +298,11 @@ def test_without_keys_the_console_is_open_to_every_tenant(test_settings: Setting
         # The window is keyed by tenant: acme's trace id under globex is not found.
         assert http.get(f"/console/windows/globex/{traces['acme']}").status_code == 404
         assert "open API: all tenants" in http.get("/console/pipeline").text
+        # Try: more scopes accepted; bad numbers and a budget too small are a 422 on the form, never a 500.
+        form = {"tenant": "acme", "scope": "s1", "query": "hi", "budget_tokens": "300", "scopes": "s2, s3"}
+        tried = http.post("/console/try", data=form)
+        assert tried.status_code == 200 and 'id="raw"' in tried.text
+        for bad, why in (({"budget_tokens": "abc"}, "whole numbers"), ({"budget_tokens": "1"}, "below the minimum"),
+                         ({"tenant": "a/b"}, "tenant"), ({"max_recent": "-5"}, "max_tokens")):
+            refused = http.post("/console/try", data={**form, **bad})
+            assert refused.status_code == 422 and why in refused.text and 'id="errors"' in refused.text, bad

@@ -76,7 +76,7 @@ def test_trace_template_escapes_text_and_marks_the_breakpoint() -> None:
     doc = response()
     html = environment().get_template("try.html").render(
         viewer=Viewer(None), path="/console/try", form={"tenant": "acme", "scope": "chat:1", "query": "q",
-                                                          "budget_tokens": "1000", "system_prompt": "",
+                                                          "budget_tokens": "1000", "system_prompt": "", "scopes": "",
                                                           **{f"max_{n}": "" for n in ("pinned", "summary", "recent", "retrieved")}},
         sections=("pinned", "summary", "recent", "retrieved"), errors=[], window=window_view(doc), raw="{}")
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
