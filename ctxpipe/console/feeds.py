@@ -167,8 +167,8 @@ class TopicTail(Generic[T]):
     async def _follow(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest")
-        await consumer.start()
         try:
+            await consumer.start()  # inside: a failed start is stopped too (its connections)
             partitions = await self._partitions()
             while not partitions:  # the topic may be created later
                 await asyncio.sleep(2.0)
@@ -177,8 +177,11 @@ class TopicTail(Generic[T]):
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
             begins = await consumer.beginning_offsets(tps)
+            # Enough of each partition for the newest `keep` overall when the keys spread
+            # roughly evenly (twice the even share), not `keep` of every partition.
+            share = min(self._keep, max(100, 2 * self._keep // len(tps)))
             for tp in tps:
-                consumer.seek(tp, max(begins[tp], ends[tp] - self._keep))
+                consumer.seek(tp, max(begins[tp], ends[tp] - share))
             self._items = []
             self.error = None
             while True:

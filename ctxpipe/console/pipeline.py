@@ -118,7 +118,11 @@ class LogEnds:
         async with self._lock:
             if self._consumer is None:
                 consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False)
-                await consumer.start()
+                try:
+                    await consumer.start()
+                except BaseException:
+                    await consumer.stop()  # a failed start's connections; the next page tries again
+                    raise
                 self._consumer = consumer
             if topic not in self._partitions:
                 self._partitions[topic] = await self._describe(topic) or list(range(partitions))

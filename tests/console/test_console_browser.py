@@ -146,6 +146,7 @@ def _check_window(driver: WebDriver, api: dict[str, Any], raw_id: str | None = N
         assert orjson.loads(driver.find_element(By.ID, raw_id).get_attribute("textContent") or "") == api
 
 
+@pytest.mark.slow
 def test_console_pages_on_a_populated_stack(test_settings: Settings, browser: WebDriver, shots: Path) -> None:
     run = uuid.uuid4().hex[:6]
     acme_scope, globex_scope = f"chat:{run}", f"support:{run}"
@@ -254,6 +255,7 @@ def test_console_pages_on_a_populated_stack(test_settings: Settings, browser: We
         assert acme["trace_id"] not in driver.page_source and "ORD-1001" not in driver.page_source
 
 
+@pytest.mark.slow
 def test_a_wrong_key_is_refused_and_nothing_is_shown(test_settings: Settings, browser: WebDriver) -> None:
     with ConsoleServer(with_keys(test_settings)) as srv:
         browser.delete_all_cookies()
@@ -297,7 +299,10 @@ def test_without_keys_the_console_is_open_to_every_tenant(test_settings: Setting
         assert trace.status_code == 200 and 'id="trace-id"' in trace.text
         # The window is keyed by tenant: acme's trace id under globex is not found.
         assert http.get(f"/console/windows/globex/{traces['acme']}").status_code == 404
-        assert "open API: all tenants" in http.get("/console/pipeline").text
+        pipeline = http.get("/console/pipeline")
+        assert "open API: all tenants" in pipeline.text
+        assert pipeline.headers["x-frame-options"] == "DENY" and "default-src 'self'" in pipeline.headers[
+            "content-security-policy"] and pipeline.headers["cache-control"] == "no-store"
         # Try: more scopes accepted; bad numbers and a budget too small are a 422 on the form, never a 500.
         form = {"tenant": "acme", "scope": "s1", "query": "hi", "budget_tokens": "300", "scopes": "s2, s3"}
         tried = http.post("/console/try", data=form)
