@@ -64,6 +64,18 @@ def ensure(
     return found
 
 
+def ensure_browser(
+    *, notify: Callable[[str], None] = _quiet, log: Path | None = None, apt_lists: Path = APT_LISTS,
+    policy_rc_d: Path = POLICY_RC_D,
+) -> tuple[str, str]:
+    """(chromium, chromedriver): the headless browser and its WebDriver the console's
+    browser tests drive (tests/console), from Debian's ``chromium`` and ``chromium-driver``."""
+    browser = ensure("chromium", "chromium", notify=notify, log=log, apt_lists=apt_lists, policy_rc_d=policy_rc_d)
+    driver = ensure("chromedriver", "chromium-driver", notify=notify, log=log, apt_lists=apt_lists,
+                    policy_rc_d=policy_rc_d)
+    return browser, driver
+
+
 def _privilege(binary: str, manual: str) -> list[str]:
     """``[]`` as root, ``["sudo", "-n"]`` with password-less sudo, else an error."""
     if os.geteuid() == 0:

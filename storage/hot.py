@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final, cast
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 import redis.asyncio as aioredis
@@ -615,6 +615,29 @@ class HotStore(_RedisOwner):
         async with translate_redis_errors("watermark"):
             raw = _as_bytes_map(await self.client.hgetall(meta))
         return _watermark(raw, meta)
+
+    async def scopes(self, tenant: str, *, limit: int = 200, max_keys: int = 200_000) -> tuple[list[str], bool]:
+        """Live scopes of ``tenant`` (sorted; at most ``limit``) and whether the list is
+        complete: a SCAN that examines at most about ``max_keys`` keys of the whole keyspace
+        (the web console's scope list; there is no per-tenant index of scopes)."""
+        prefix = self.tenant_prefix(tenant) + "s:"
+        # Glob characters in the (already percent-encoded) prefix match themselves only.
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"
+        found: set[str] = set()
+        cursor, calls, step = 0, 0, 1000
+        async with translate_redis_errors("scopes"):
+            while True:
+                cursor, keys = await self.client.scan(cursor=cursor, match=pattern, count=step)
+                calls += 1
+                for raw in keys:
+                    key = _as_bytes(raw).decode("utf-8", "replace")
+                    segment, _, kind = key[len(prefix):].rpartition(":")
+                    if kind in ("items", "facts", "meta") and segment:
+                        found.add(unquote(segment))
+                if cursor == 0:
+                    return sorted(found)[:limit], len(found) <= limit
+                if len(found) > limit or calls * step >= max_keys:
+                    return sorted(found)[:limit], False
 
     async def view(self, tenant: str, scope: str, scopes: Sequence[str], recent_limit: int) -> ScopeView:
         """The newest ``recent_limit`` items of ``scope`` and the facts and watermarks of

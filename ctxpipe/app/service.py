@@ -15,6 +15,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ctxpipe.assembly.api import create_api
+from ctxpipe.console import mount_console
 from ctxpipe.core.errors import ConfigurationError
 from ctxpipe.app.interpreter import tuned_interpreter
 from ctxpipe.app.runtime import Runtime, open_runtime
@@ -63,6 +64,7 @@ def _with_static_membership(settings: Settings) -> Settings:
 
 async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
     api = create_api(lambda: nullcontext(runtime))
+    mount_console(api)  # the web console at /console (same port, same tenant keys)
     # log_config=None: uvicorn keeps the levels and handler of ctxpipe.app.logs.
     config = uvicorn.Config(api, host=settings.api.host, port=settings.api.port, log_config=None,
                             log_level=None, access_log=settings.log.access_log)
@@ -72,7 +74,7 @@ async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
         await asyncio.sleep(0.05)
     if server.started:
         base = f"http://{settings.api.host}:{settings.api.port}"
-        log.info("API ready at %s (interactive docs at %s/docs)", base, base)
+        log.info("API ready at %s (interactive docs at %s/docs, console at %s/console)", base, base, base)
         if demo:
             from ctxpipe.app.demo import run_demo
 
