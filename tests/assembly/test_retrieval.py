@@ -128,7 +128,9 @@ def test_compact_turns_fit_more_and_keep_the_budget(budget: int) -> None:
         placed[compact] = len(window.sections["retrieved"].items)
         final = window.layout.messages_payload()[-1]
         text = orjson.dumps(final).decode()
-        assert ("[2024-03-01 user] Turn number 0" in text) is compact
+        # Compact: one transcript (a date line per day, "role: text" per turn), no tag per turn.
+        assert ("\\n2024-03-01:\\nuser: Turn number 0" in text) is compact
+        assert ('<item kind=\\"message\\"' in text) is not compact
     assert placed[True] > placed[False] > 0
 
 
@@ -210,7 +212,7 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(runtime: Runti
         fetched.append(list(ids))
         return await dense_vectors(tenant, ids)
 
-    runtime.semantic.dense_vectors = counted  # type: ignore[method-assign]
+    runtime.semantic.dense_vectors = counted  # type: ignore[method-assign,assignment]
     two_hop = await _retrieve(
         runtime, RetrievalConfig(pool=3, second_hop=3, second_hop_vector=hop_vector), query, scopes
     )
@@ -309,3 +311,4 @@ async def test_replies_reuse_the_turns_the_caller_already_read(runtime: Runtime)
     hits = await retriever.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
                                     lambda t: _embed_with(runtime, t), {"chat:s1": partial})
     assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]
+

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from assembly.anthropic_format import check_alternation, count_layout, stable_prefix_bytes
 from assembly.exceptions import BudgetTooSmallError
-from assembly.models import SECTION_ORDER
+from assembly.models import SECTION_ORDER, SectionName
 from assembly.window import Hit, Summary, WindowConfig, minimum_budget
 from processors.types import Chunk
 from streams.events import EventKind, Role
@@ -44,6 +44,11 @@ def _scope_state(draw: st.DrawFn) -> dict[str, object]:
     facts = [_fact(f"f{i}", draw(_words), i) for i in range(draw(st.integers(0, 6)))]
     hits = [_doc(f"d{i}", draw(_words), draw(st.floats(0.001, 1.0)), draw(st.floats(0, 1e7)))
             for i in range(draw(st.integers(0, 15)))]
+    # Past conversation turns (transcript lines under a date line per day), some on one day.
+    hits += [Hit(chunk(f"p{i}", draw(_words), role=draw(st.sampled_from([Role.USER, Role.ASSISTANT])),
+                       offset=100 + i, age_s=draw(st.sampled_from([5e5, 5e5 + 60, 9e6, 2e7]))),
+                 draw(st.floats(0.001, 1.0)))
+             for i in range(draw(st.integers(0, 15)))]
     # Retrieval may return chunks of turns already in the history: they must not repeat.
     hits += [Hit(c, 0.9) for c in draw(st.lists(st.sampled_from(recent), max_size=3))] if recent else []
     summary = Summary(draw(_words)) if draw(st.booleans()) else None
@@ -75,7 +80,8 @@ def test_budget_never_exceeded_and_roles_alternate(state: dict[str, object], bud
     assert check_alternation(messages)
     assert all(block["text"] for m in messages for block in m["content"])
     # An item appears once across sections.
-    placed = [i.chunk.event_id for s in ("pinned", "recent", "retrieved") for i in w.sections[s].items if i.tokens]
+    placeable: tuple[SectionName, ...] = ("pinned", "recent", "retrieved")
+    placed = [i.chunk.event_id for s in placeable for i in w.sections[s].items if i.tokens]
     assert len(placed) == len(set(placed))
     # Every candidate that is not in the window is accounted for.
     shown = {i.chunk.event_id for s in w.sections.values() for i in s.items}
@@ -306,3 +312,44 @@ def test_a_long_hit_waits_until_smaller_ones_had_their_turn() -> None:
     assert [i.chunk.event_id for i in roomy.sections["retrieved"].items][-1] == "long"
     assert roomy.used_tokens <= 900
 
+
+
+# -- compact rendering of retrieved turns ----------------------------------------------------
+
+
+def test_retrieved_turns_render_as_one_dated_transcript_in_time_order() -> None:
+    day = 24 * 3600.0
+    hits = [
+        Hit(chunk("a2", "It is otter-4471.", role=Role.ASSISTANT, offset=2, age_s=3 * day), 0.9),
+        Hit(chunk("u1", "What is the wifi password?", role=Role.USER, offset=1, age_s=3 * day + 60), 0.8),
+        Hit(chunk("u9", "I moved to Lisbon last week.", role=Role.USER, offset=9, age_s=1 * day), 0.95),
+        _doc("d1", "refund policy: 30 days", score=0.5),
+    ]
+    w = build(1500, hits=hits)
+    blocks = [b["text"] for b in w.layout.messages_payload()[-1]["content"]]
+    # One block for the turns (header, a date line per day, turns oldest first), one per document.
+    assert blocks[0] == (
+        "Retrieved context that may be relevant to my request (reference material, not part of our "
+        "conversation):\n2024-12-29:\nuser: What is the wifi password?\nassistant: It is otter-4471."
+        "\n2024-12-31:\nuser: I moved to Lisbon last week."
+    )
+    assert blocks[1].startswith('<item kind="document"') and blocks[2] == "what is the status of my order?"
+    retrieved = w.sections["retrieved"]
+    # The section's tokens are its items' (each day's date line charged once) plus the header.
+    header = COUNTER.count(blocks[0].split("\n")[0]) + 3
+    assert retrieved.used_tokens == sum(i.tokens for i in retrieved.items) + header
+    # The estimates are exact here: the whole window costs what its sections and fixed parts say.
+    assert w.used_tokens == count_layout(w.layout, COUNTER.count)
+
+
+def test_transcript_costs_far_less_framing_per_turn_than_tagged_blocks() -> None:
+    from dataclasses import replace
+
+    hits = [Hit(chunk(f"h{i}", f"turn {i}", offset=i, age_s=1e6 - i), 1.0 - i / 100) for i in range(20)]
+    framing = {}
+    for compact in (True, False):
+        w = build(3000, hits=hits, config=replace(CONFIG, compact_turns=compact))
+        items = w.sections["retrieved"].items
+        assert len(items) == 20
+        framing[compact] = (sum(i.tokens for i in items) - sum(COUNTER.count(i.text) for i in items)) / 20
+    assert framing[True] <= 4 < 15 <= framing[False]
