@@ -325,12 +325,16 @@ class Retriever:
         user turn of each of the ``prompts`` best assistant replies right before it."""
         heads = [ch for _, ch in ranked[:top] if ch.role is Role.USER and "?" in ch.text]
         answers = [ch for _, ch in ranked[:prompts] if ch.kind is EventKind.MESSAGE and ch.role is Role.ASSISTANT]
-        if answers:
-            ranked = await self._with_prompts(tenant, ranked, answers, known)
-        if not heads:
+        if not heads and not answers:
             return ranked
-        by_scope = await self._sessions(tenant, heads, known, "replies of retrieved questions")
+        # One read of the scopes' turns for both steps (not one after the other: two
+        # round trips, each with its own timeout, on the request's critical path).
+        by_scope = await self._sessions(tenant, [*answers, *heads], known, "neighbours of retrieved turns")
         if by_scope is None:
+            return ranked
+        if answers:
+            ranked = self._with_prompts(ranked, answers, by_scope)
+        if not heads:
             return ranked
         head_ids = {ch.chunk_id for ch in heads}
         seen = {ch.event_id for _, ch in ranked[:top]}
@@ -366,14 +370,12 @@ class Retriever:
             return None
         return dict(zip(scopes, sessions, strict=True))
 
-    async def _with_prompts(
-        self, tenant: str, ranked: list[tuple[float, Chunk]], answers: Sequence[Chunk], known: KnownTurns
+    @staticmethod
+    def _with_prompts(
+        ranked: list[tuple[float, Chunk]], answers: Sequence[Chunk], by_scope: Mapping[str, Sequence[Chunk]]
     ) -> list[tuple[float, Chunk]]:
-        # The caller's read when it holds the replies (no second read; a reply that is the
-        # oldest turn there loses its user turn), else the scope's hot turns.
-        by_scope = await self._sessions(tenant, answers, known, "user turns of retrieved replies")
-        if by_scope is None:
-            return ranked
+        # The caller's read when it holds the replies (a reply that is the oldest turn there
+        # loses its user turn), else the scope's hot turns.
         answer_ids = {ch.chunk_id for ch in answers}
         out: list[tuple[float, Chunk]] = []
         for score, ch in ranked:

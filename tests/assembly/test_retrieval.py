@@ -312,3 +312,37 @@ async def test_replies_reuse_the_turns_the_caller_already_read(runtime: Runtime)
                                     lambda t: _embed_with(runtime, t), {"chat:s1": partial})
     assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]
 
+
+class _CountingHot:
+    """The real hot tier, counting the scope reads the neighbour steps make."""
+
+    def __init__(self, hot: Any) -> None:
+        self.hot = hot
+        self.reads = 0
+
+    async def recent(self, tenant: str, scope: str, limit: int | None = None) -> list[Chunk]:
+        self.reads += 1
+        return list(await self.hot.recent(tenant, scope, limit))
+
+
+async def test_replies_and_user_turns_come_from_one_read_of_the_turns(runtime: Runtime) -> None:
+    run = uuid.uuid4().hex[:6]
+    await _ingest(runtime, [
+        _event(run, 0, "What's the wifi password for the Pune office?"),
+        _event(run, 1, "It's otter-4471, all lowercase.", role="assistant"),
+        _event(run, 2, "Finally some good news: it is behind me now."),
+        _event(run, 3, "I'm so glad the wifi at the Pune office works again!", role="assistant"),
+    ])
+    query = "wifi password Pune office?"
+    hot = _CountingHot(runtime.hot)
+    plain = await _retrieve(runtime, RetrievalConfig(pool=2), query, ["chat:s1"])
+    assert {h.chunk.event_id for h in plain} == {f"{run}-acme-0", f"{run}-acme-3"}
+    retriever = Retriever(runtime.semantic, hot, RetrievalConfig(pool=2, neighbours=4, prompts=4))  # type: ignore[arg-type]
+    hits = await retriever.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
+                                    lambda t: _embed_with(runtime, t))
+    ids = [h.chunk.event_id for h in hits]
+    # The question's reply follows it, and the reply's user turn comes right above it ...
+    assert ids.index(f"{run}-acme-1") == ids.index(f"{run}-acme-0") + 1
+    assert ids.index(f"{run}-acme-2") == ids.index(f"{run}-acme-3") - 1
+    # ... from a single read of the scope's turns (not one per step, one after the other).
+    assert hot.reads == 1
