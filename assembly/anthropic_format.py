@@ -42,10 +42,9 @@ BLOCK_OVERHEAD_TOKENS: Final = 3
 
 FACTS_HEADER: Final = "Pinned facts (always in force for this conversation):"
 SUMMARY_HEADER: Final = "Summary of the earlier conversation:"
-RETRIEVED_HEADER: Final = (
-    "Retrieved context that may be relevant to my request (reference material, "
-    "not part of our conversation):"
-)
+# Says what the model needs (maybe relevant, reference, not this conversation) in 21 of our
+# tokens (14 BPE) instead of 30 (20).
+RETRIEVED_HEADER: Final = "Context that may be relevant (reference, not part of our conversation):"
 CONTINUES_TEXT: Final = "[The conversation continues from earlier messages that are not shown.]"
 TOOL_RESULT_PREFIX: Final = "[tool result]\n"
 CACHE_CONTROL: Final = {"type": "ephemeral"}

@@ -81,6 +81,10 @@ class Hit:
 
     chunk: Chunk
     score: float
+    # The event this hit completes (the user turn a retrieved reply answers, the reply to a
+    # retrieved question): it is placed right after that event's hit, and only then. A
+    # companion that also ranks on its own comes as a second hit without an anchor.
+    anchor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,34 +539,47 @@ def _fill_retrieved(
     # window one long chunk would crowd out several relevant short ones.
     big = config.max_item_share * section.budget_tokens
     deferred: list[tuple[float, Hit]] = []
-    ranked = rank_hits(hits, config, now)
-    for pass_ in (0, 1):
-        for score, hit in ranked if pass_ == 0 else deferred:
-            c = hit.chunk
-            # Once per event: the best-ranked chunk of an event stands for it.
-            if c.event_id in seen_events or c.event_id in placed_events:
-                continue
-            day = _transcript_day(c, config)
-            # A transcript turn shares its block (and its day's date line) with the others.
-            if day is None:
-                cost = chunk_cost(c, config, count) + BLOCK_OVERHEAD_TOKENS
-            else:
-                cost = chunk_cost(c, config, count) + (day_cost if day not in days else 0)
-            extra = cost + (header if not section.items else 0)
-            if section.used_tokens + extra > section.budget_tokens:
-                continue  # a smaller hit further down may still fit
-            if pass_ == 0 and cost > big:
-                deferred.append((score, hit))
-                continue
-            key = _norm(c.text)
-            if key in seen_text:
-                continue
-            seen_events.add(c.event_id)
-            seen_text.add(key)
-            if day is not None:
-                days.add(day)
-            section.items.append(PlacedItem(c, c.text, cost, score=round(score, 6)))
-            section.used_tokens += extra
+    companions: dict[str, list[Hit]] = {}
+    for h in hits:
+        if h.anchor is not None:
+            companions.setdefault(h.anchor, []).append(h)
+    # Companions never compete on their own: one that outranked the next hits would fill a
+    # small window with turns that only complete hits that did not fit.
+    ranked = rank_hits([h for h in hits if h.anchor is None], config, now)
+
+    def place(score: float, hit: Hit, pass_: int) -> None:
+        c = hit.chunk
+        # Once per event: the best-ranked chunk of an event stands for it.
+        if c.event_id in seen_events or c.event_id in placed_events:
+            return
+        day = _transcript_day(c, config)
+        # A transcript turn shares its block (and its day's date line) with the others.
+        if day is None:
+            cost = chunk_cost(c, config, count) + BLOCK_OVERHEAD_TOKENS
+        else:
+            cost = chunk_cost(c, config, count) + (day_cost if day not in days else 0)
+        extra = cost + (header if not section.items else 0)
+        if section.used_tokens + extra > section.budget_tokens:
+            return  # a smaller hit further down may still fit
+        if pass_ == 0 and cost > big:
+            deferred.append((score, hit))
+            return
+        key = _norm(c.text)
+        if key in seen_text:
+            return
+        seen_events.add(c.event_id)
+        seen_text.add(key)
+        if day is not None:
+            days.add(day)
+        section.items.append(PlacedItem(c, c.text, cost, score=round(score, 6)))
+        section.used_tokens += extra
+        for companion in companions.get(c.event_id, ()):
+            place(score, companion, pass_)
+
+    for score, hit in ranked:
+        place(score, hit, 0)
+    for score, hit in deferred:  # (pass 1 defers nothing: no appends while iterating)
+        place(score, hit, 1)
 
 
 def _transcript_day(c: Chunk, config: WindowConfig) -> date | None:

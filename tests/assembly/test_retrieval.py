@@ -182,6 +182,8 @@ async def test_reply_of_a_retrieved_question_follows_it(runtime: Runtime) -> Non
     paired = await _retrieve(runtime, RetrievalConfig(pool=1, neighbours=4), query, ["chat:s1"])
     assert [h.chunk.event_id for h in paired] == [f"{run}-acme-0", f"{run}-acme-1"]
     assert paired[0].score >= paired[1].score
+    # The reply is a companion of its question (placed with it only), the question a hit.
+    assert [h.anchor for h in paired] == [None, f"{run}-acme-0"]
 
 
 @pytest.mark.parametrize("hop_vector", ["embed", "mix"])
@@ -249,7 +251,7 @@ class _DeadHot:
         raise StorageUnavailableError("refused", tier="hot", operation="recent")
 
 
-async def test_user_turn_of_a_retrieved_reply_comes_just_above_it(runtime: Runtime) -> None:
+async def test_user_turn_of_a_retrieved_reply_comes_with_it(runtime: Runtime) -> None:
     run = uuid.uuid4().hex[:6]
     await _ingest(runtime, [
         _event(run, 0, "Finally some good news: it took over a year, but it is behind me now."),
@@ -260,8 +262,9 @@ async def test_user_turn_of_a_retrieved_reply_comes_just_above_it(runtime: Runti
     plain = await _retrieve(runtime, RetrievalConfig(pool=1), query, ["chat:s1"])
     assert [h.chunk.event_id for h in plain] == [f"{run}-acme-1"]
     prompted = await _retrieve(runtime, RetrievalConfig(pool=1, prompts=4), query, ["chat:s1"])
-    assert [h.chunk.event_id for h in prompted] == [f"{run}-acme-0", f"{run}-acme-1"]
-    assert prompted[0].score >= prompted[1].score
+    # Right after the reply, anchored to it (the transcript shows them in time order).
+    assert [(h.chunk.event_id, h.anchor) for h in prompted] == [(f"{run}-acme-1", None),
+                                                                (f"{run}-acme-0", f"{run}-acme-1")]
     # A dead hot tier costs the user turn, not the hit.
     dead = Retriever(runtime.semantic, _DeadHot(), RetrievalConfig(pool=1, prompts=4))  # type: ignore[arg-type]
     hits = await dead.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
@@ -272,7 +275,7 @@ async def test_user_turn_of_a_retrieved_reply_comes_just_above_it(runtime: Runti
     known.set_result(await runtime.hot.recent("acme", "chat:s1"))
     hits = await dead.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
                                lambda t: _embed_with(runtime, t), {"chat:s1": known})
-    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]
+    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-1", f"{run}-acme-0"]
 
 
 async def test_a_dead_hot_tier_costs_the_replies_not_the_hits(runtime: Runtime) -> None:
@@ -341,8 +344,8 @@ async def test_replies_and_user_turns_come_from_one_read_of_the_turns(runtime: R
     hits = await retriever.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
                                     lambda t: _embed_with(runtime, t))
     ids = [h.chunk.event_id for h in hits]
-    # The question's reply follows it, and the reply's user turn comes right above it ...
+    # The question's reply follows it, and so does the reply's user turn ...
     assert ids.index(f"{run}-acme-1") == ids.index(f"{run}-acme-0") + 1
-    assert ids.index(f"{run}-acme-2") == ids.index(f"{run}-acme-3") - 1
+    assert ids.index(f"{run}-acme-2") == ids.index(f"{run}-acme-3") + 1
     # ... from a single read of the scope's turns (not one per step, one after the other).
     assert hot.reads == 1

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assembly.anthropic_format import check_alternation, count_layout, stable_prefix_bytes
+from assembly.anthropic_format import RETRIEVED_HEADER, check_alternation, count_layout, stable_prefix_bytes
 from assembly.exceptions import BudgetTooSmallError
 from assembly.models import SECTION_ORDER, SectionName
 from assembly.window import Hit, Summary, WindowConfig, minimum_budget
@@ -49,6 +49,9 @@ def _scope_state(draw: st.DrawFn) -> dict[str, object]:
                        offset=100 + i, age_s=draw(st.sampled_from([5e5, 5e5 + 60, 9e6, 2e7]))),
                  draw(st.floats(0.001, 1.0)))
              for i in range(draw(st.integers(0, 15)))]
+    # Companions of some of those (placed only right after their hit).
+    hits += [Hit(chunk(f"c{i}", draw(_words), offset=200 + i, age_s=5e5), 0.5, anchor=h.chunk.event_id)
+             for i, h in enumerate(hits) if draw(st.booleans())]
     # Retrieval may return chunks of turns already in the history: they must not repeat.
     hits += [Hit(c, 0.9) for c in draw(st.lists(st.sampled_from(recent), max_size=3))] if recent else []
     summary = Summary(draw(_words)) if draw(st.booleans()) else None
@@ -329,8 +332,7 @@ def test_retrieved_turns_render_as_one_dated_transcript_in_time_order() -> None:
     blocks = [b["text"] for b in w.layout.messages_payload()[-1]["content"]]
     # One block for the turns (header, a date line per day, turns oldest first), one per document.
     assert blocks[0] == (
-        "Retrieved context that may be relevant to my request (reference material, not part of our "
-        "conversation):\n2024-12-29:\nuser: What is the wifi password?\nassistant: It is otter-4471."
+        RETRIEVED_HEADER + "\n2024-12-29:\nuser: What is the wifi password?\nassistant: It is otter-4471."
         "\n2024-12-31:\nuser: I moved to Lisbon last week."
     )
     assert blocks[1].startswith('<item kind="document"') and blocks[2] == "what is the status of my order?"
@@ -353,3 +355,21 @@ def test_transcript_costs_far_less_framing_per_turn_than_tagged_blocks() -> None
         assert len(items) == 20
         framing[compact] = (sum(i.tokens for i in items) - sum(COUNTER.count(i.text) for i in items)) / 20
     assert framing[True] <= 4 < 15 <= framing[False]
+
+
+def test_a_companion_is_placed_only_right_after_its_hit() -> None:
+    long_reply = "It went well, here is everything about the trip. " * 30
+    reply = Hit(chunk("r", long_reply, role=Role.ASSISTANT, offset=2), 0.9)
+    prompt = Hit(chunk("p", "I went to Lisbon in May.", offset=1), 0.9, anchor="r")
+    other = Hit(chunk("o", "My sister lives in Porto.", offset=5), 0.5)
+    small = build(MIN_BUDGET + 150, hits=[reply, prompt, other])
+    # The reply does not fit: its companion does not take its place, the next hit does.
+    assert [i.chunk.event_id for i in small.sections["retrieved"].items] == ["o"]
+    assert ("p", "retrieved", "budget") in small.omitted
+    roomy = build(MIN_BUDGET + 900, hits=[reply, prompt, other])
+    # With room, the companion comes right after its hit (before lower-ranked hits).
+    assert [i.chunk.event_id for i in roomy.sections["retrieved"].items] == ["r", "p", "o"]
+    # A companion that also ranks on its own is placed once, at the better of the two.
+    own = Hit(chunk("p", "I went to Lisbon in May.", offset=1), 0.95)
+    both = build(MIN_BUDGET + 150, hits=[reply, prompt, other, own])
+    assert [i.chunk.event_id for i in both.sections["retrieved"].items] == ["p", "o"]
