@@ -310,6 +310,9 @@ def _dump(out: Any, q: Question, budget: int, name: str, doc: dict[str, Any], ba
         "hybrid_window": sorted(base.window(ranks["hybrid-rrf"], budget) & set(q.evidence)),
         "items": items,
         "omitted_evidence": [o for o in doc["omitted"] if o["event_id"] in q.evidence],
+        # The retrieval order of what was left out (placed items come first in it).
+        "omitted_retrieved": [o["event_id"] for o in doc["omitted"] if o["section"] == "retrieved"][:40],
+        "hybrid_top": [user.turns[i].event_id for i in ranks["hybrid-rrf"][:10]],
     }) + b"\n")
 
 

@@ -373,3 +373,22 @@ def test_a_companion_is_placed_only_right_after_its_hit() -> None:
     own = Hit(chunk("p", "I went to Lisbon in May.", offset=1), 0.95)
     both = build(MIN_BUDGET + 150, hits=[reply, prompt, other, own])
     assert [i.chunk.event_id for i in both.sections["retrieved"].items] == ["p", "o"]
+
+
+def test_value_packing_prefers_short_hits_only_when_they_are_worth_more() -> None:
+    from dataclasses import replace
+
+    top = Hit(chunk("h0", "word " * 240, offset=0, age_s=1e6), 1.0)
+    short = [Hit(chunk(f"h{i}", f"note {i} " + "note " * 47, offset=i, age_s=1e6), 1.0 - i / 100) for i in range(1, 5)]
+
+    def placed(budget: int, packing: str) -> list[str]:
+        w = build(budget, hits=[top, *short], config=replace(CONFIG, packing=packing))  # type: ignore[arg-type]
+        assert w.used_tokens <= budget
+        return [i.chunk.event_id for i in w.sections["retrieved"].items]
+
+    # Rank order fits the long top hit and one short one (worth 1/2 + 1/3 by the rank prior);
+    # the four short ones are worth more (1/3 + 1/4 + 1/5 + 1/6) and fit too.
+    assert placed(400, "rank") == ["h0", "h1"]
+    assert placed(400, "value") == ["h1", "h2", "h3", "h4"]
+    # With room for the top hit and two short ones, rank order is worth more: it is kept.
+    assert placed(440, "rank") == placed(440, "value") == ["h0", "h1", "h2"]
