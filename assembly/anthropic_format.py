@@ -11,6 +11,12 @@ Layout:
   (same-role turns merged; a leading assistant turn gets a user turn before it), then a
   final user turn holding the retrieved material and the query.
 
+Retrieved conversation turns are one block under the retrieved header, a transcript: a
+date line per day, then ``user: ...`` / ``assistant: ...`` lines in time order. Per turn
+that costs a newline and a role label (~3 tokens) instead of a dated tag and a block of its
+own (~17); the date, which temporal questions need, is written once per day. Other items
+(documents, facts) keep a tagged block each.
+
 Token accounting (what ``used_tokens`` means): every text block is charged its counted
 tokens plus :data:`BLOCK_OVERHEAD_TOKENS`, every message :data:`MESSAGE_OVERHEAD_TOKENS`,
 and the request :data:`REQUEST_OVERHEAD_TOKENS`. The overheads over-estimate the few
@@ -23,7 +29,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Final, Literal
 
 import orjson
@@ -36,10 +42,9 @@ BLOCK_OVERHEAD_TOKENS: Final = 3
 
 FACTS_HEADER: Final = "Pinned facts (always in force for this conversation):"
 SUMMARY_HEADER: Final = "Summary of the earlier conversation:"
-RETRIEVED_HEADER: Final = (
-    "Retrieved context that may be relevant to my request (reference material, "
-    "not part of our conversation):"
-)
+# Says what the model needs (maybe relevant, reference, not this conversation) in 21 of our
+# tokens (14 BPE) instead of 30 (20).
+RETRIEVED_HEADER: Final = "Context that may be relevant (reference, not part of our conversation):"
 CONTINUES_TEXT: Final = "[The conversation continues from earlier messages that are not shown.]"
 TOOL_RESULT_PREFIX: Final = "[tool result]\n"
 CACHE_CONTROL: Final = {"type": "ephemeral"}
@@ -96,6 +101,24 @@ def retrieved_text(text: str, *, kind: str, scope: str, occurred_at: datetime) -
     return f'<item kind="{kind}" scope="{scope}" date="{occurred_at.date().isoformat()}">\n{text}\n</item>'
 
 
+def date_line(day: date) -> str:
+    """What a transcript puts before the first turn of a day."""
+    return f"\n{day.isoformat()}:"
+
+
+def turn_line(role: str, text: str) -> str:
+    """What a transcript puts for one turn (``text`` is never cut or escaped)."""
+    return f"\n{role}: {text}"
+
+
+def transcript_text(days: Sequence[tuple[date, Sequence[tuple[str, str]]]]) -> str:
+    """The retrieved header and the ``(role, text)`` turns of each day, days in the given
+    order. Every piece starts with a newline, so a turn's cost is additive."""
+    return RETRIEVED_HEADER + "".join(
+        date_line(day) + "".join(turn_line(role, text) for role, text in turns) for day, turns in days
+    )
+
+
 def build_layout(
     *,
     system_prompt: str,
@@ -105,7 +128,10 @@ def build_layout(
     history: Sequence[Turn],
     retrieved: Sequence[str],
     query: str,
+    transcript: str | None = None,
 ) -> Layout:
+    """``transcript`` (from :func:`transcript_text`, header included) replaces the header
+    block when given; ``retrieved`` are the other retrieved items' blocks."""
     system = [system_prompt]
     if facts:
         system.append(facts_text(facts))
@@ -119,9 +145,11 @@ def build_layout(
     if turns and turns[0].role == "assistant":
         turns.insert(0, Turn("user", CONTINUES_TEXT))
     final: list[str] = []
-    if retrieved:
+    if transcript:
+        final.append(transcript)
+    elif retrieved:
         final.append(RETRIEVED_HEADER)
-        final.extend(retrieved)
+    final.extend(retrieved)
     final.append(query)
     turns.extend(Turn("user", b) for b in final)
 

@@ -14,7 +14,10 @@ long multi-session conversations need (``bench/assembly_quality.py`` measures it
 * **paired turns**: a user question that ranks high brings the assistant reply that
   answered it ("It's otter-4471."), which shares no word with any later question; and
   a reply that ranks high brings the user turn it answers (a reply echoes the user's
-  words, "your asylum application", while the user's own turn holds the facts);
+  words, "your asylum application", while the user's own turn holds the facts). These
+  come as *companions* anchored to their hit: the window places one only right after its
+  hit (ranked by their own score they filled small windows with turns whose hit, a long
+  reply, did not fit: dev 512 0.613 -> see docs/context_quality.md);
 * **recency for "latest value" questions**: when the query asks for a current state
   ("now", "current", "latest", ...), newer candidates gain (a changed fact is stated
   again later, in nearly the same words as the stale one).
@@ -251,8 +254,10 @@ class Retriever:
             scored = boost_ids(scored, query_ids(query))
         ranked = _ranked(scored)
         if c.neighbours > 0 or c.prompts > 0:
-            ranked = await self._with_replies(tenant, ranked, c.neighbours, known_turns or {}, prompts=c.prompts)
-        return [Hit(ch, s) for s, ch in ranked if ch.tenant == tenant]
+            out = await self._with_replies(tenant, ranked, c.neighbours, known_turns or {}, prompts=c.prompts)
+        else:
+            out = [(s, ch, None) for s, ch in ranked]
+        return [Hit(ch, s, anchor) for s, ch, anchor in out if ch.tenant == tenant]
 
     async def _second_hop(
         self,
@@ -320,36 +325,36 @@ class Retriever:
 
     async def _with_replies(
         self, tenant: str, ranked: list[tuple[float, Chunk]], top: int, known: KnownTurns, *, prompts: int = 0
-    ) -> list[tuple[float, Chunk]]:
-        """Put the reply of each of the ``top`` best user questions right after it, and the
-        user turn of each of the ``prompts`` best assistant replies right before it."""
-        heads = [ch for _, ch in ranked[:top] if ch.role is Role.USER and "?" in ch.text]
-        answers = [ch for _, ch in ranked[:prompts] if ch.kind is EventKind.MESSAGE and ch.role is Role.ASSISTANT]
-        if answers:
-            ranked = await self._with_prompts(tenant, ranked, answers, known)
-        if not heads:
-            return ranked
-        by_scope = await self._sessions(tenant, heads, known, "replies of retrieved questions")
+    ) -> list[tuple[float, Chunk, str | None]]:
+        """Each of the ``top`` best user questions with its reply, and each of the ``prompts``
+        best assistant replies with the user turn it answers, as companions: right after the
+        hit, anchored to it (the window places a companion only with its hit)."""
+        out: list[tuple[float, Chunk, str | None]] = [(s, ch, None) for s, ch in ranked]
+        heads = {ch.chunk_id for _, ch in ranked[:top] if ch.role is Role.USER and "?" in ch.text}
+        answers = {
+            ch.chunk_id for _, ch in ranked[:prompts] if ch.kind is EventKind.MESSAGE and ch.role is Role.ASSISTANT
+        }
+        if not heads and not answers:
+            return out
+        around = [ch for _, ch in ranked if ch.chunk_id in heads or ch.chunk_id in answers]
+        # One read of the scopes' turns for both steps (not one after the other: two
+        # round trips, each with its own timeout, on the request's critical path).
+        by_scope = await self._sessions(tenant, around, known, "neighbours of retrieved turns")
         if by_scope is None:
-            return ranked
-        head_ids = {ch.chunk_id for ch in heads}
-        seen = {ch.event_id for _, ch in ranked[:top]}
-        out: list[tuple[float, Chunk]] = []
-        for i, (score, ch) in enumerate(ranked):
-            out.append((score, ch))
-            if ch.chunk_id not in head_ids:
+            return out
+        result: list[tuple[float, Chunk, str | None]] = []
+        for score, ch in ranked:
+            result.append((score, ch, None))
+            turns = by_scope.get(ch.scope, [])
+            if ch.chunk_id in answers:
+                companion = prompt_of(turns, ch)
+            elif ch.chunk_id in heads:
+                companion = pair_of(turns, ch)
+            else:
                 continue
-            reply = pair_of(by_scope.get(ch.scope, []), ch)
-            if reply is not None and reply.event_id not in seen:
-                seen.add(reply.event_id)
-                # Just below its question, above the next candidate.
-                below = ranked[i + 1][0] if i + 1 < len(ranked) else 0.0
-                out.append(((score + below) / 2 if below < score else score, reply))
-        # Later copies of a reply that was pulled up are dropped.
-        firsts: dict[str, int] = {}
-        for j, (_, ch) in enumerate(out):
-            firsts.setdefault(ch.chunk_id, j)
-        return [x for j, x in enumerate(out) if firsts[x[1].chunk_id] == j]
+            if companion is not None:
+                result.append((score, companion, ch.event_id))
+        return result
 
     async def _sessions(
         self, tenant: str, around: Sequence[Chunk], known: KnownTurns, what: str
@@ -365,29 +370,6 @@ class Retriever:
             log.warning("%s skipped: %r", what, exc)
             return None
         return dict(zip(scopes, sessions, strict=True))
-
-    async def _with_prompts(
-        self, tenant: str, ranked: list[tuple[float, Chunk]], answers: Sequence[Chunk], known: KnownTurns
-    ) -> list[tuple[float, Chunk]]:
-        # The caller's read when it holds the replies (no second read; a reply that is the
-        # oldest turn there loses its user turn), else the scope's hot turns.
-        by_scope = await self._sessions(tenant, answers, known, "user turns of retrieved replies")
-        if by_scope is None:
-            return ranked
-        answer_ids = {ch.chunk_id for ch in answers}
-        out: list[tuple[float, Chunk]] = []
-        for score, ch in ranked:
-            if ch.chunk_id in answer_ids:
-                prompt = prompt_of(by_scope.get(ch.scope, []), ch)
-                if prompt is not None:
-                    # Just above its reply (the window re-sorts by score).
-                    out.append((score * (1 + 1e-6), prompt))
-            out.append((score, ch))
-        # Later copies of a turn that was pulled up are dropped.
-        firsts: dict[str, int] = {}
-        for j, (_, ch) in enumerate(out):
-            firsts.setdefault(ch.chunk_id, j)
-        return [x for j, x in enumerate(out) if firsts[x[1].chunk_id] == j]
 
 
 def _ranked(scored: dict[str, tuple[float, Chunk]]) -> list[tuple[float, Chunk]]:

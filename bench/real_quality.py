@@ -248,7 +248,7 @@ Result = dict[tuple[str, int, str], list[float]]
 
 async def evaluate(
     rt: Runtime, client: httpx.AsyncClient, service: AssemblyService, users: Sequence[User],
-    budgets: Sequence[int], variants: dict[str, dict[str, Any]],
+    budgets: Sequence[int], variants: dict[str, dict[str, Any]], dump: Any = None,
 ) -> tuple[Result, dict[tuple[str, int], Counter[str]]]:
     counter = LocalTokenCounter()
     out: Result = defaultdict(list)
@@ -274,6 +274,8 @@ async def evaluate(
                     if doc["used_tokens"] > budget:
                         raise RuntimeError(f"budget exceeded: {doc['used_tokens']} > {budget}")
                     got[name] = {i["event_id"] for s in doc["sections"] for i in s["items"]}
+                    if dump is not None:
+                        _dump(dump, q, budget, name, doc, base, ranks, user)
                     tally = sections[(name, budget)]
                     tally["windows"] += 1
                     for s in doc["sections"]:
@@ -286,6 +288,32 @@ async def evaluate(
                     out[(name, budget, q.qtype)].append(share)
                     out[(name, budget, "all")].append(share)
     return out, sections
+
+
+def _dump(out: Any, q: Question, budget: int, name: str, doc: dict[str, Any], base: Baselines,
+          ranks: dict[str, list[int]], user: User) -> None:
+    """One line per (question, budget, variant) for diagnosis: the evidence, what hybrid RRF
+    had, and where the service's window went (items in window order with tokens)."""
+    index = {t.event_id: i for i, t in enumerate(user.turns)}
+    hybrid_pos = {i: r for r, i in enumerate(ranks["hybrid-rrf"])}
+    items = [
+        {"event_id": i["event_id"], "section": s["name"], "tokens": i["tokens"], "role": i["role"],
+         "score": i["score"], "hybrid_rank": hybrid_pos.get(index.get(i["event_id"], -1)),
+         "evidence": i["event_id"] in q.evidence}
+        for s in doc["sections"] for i in s["items"]
+    ]
+    out.write(orjson.dumps({
+        "qid": q.qid, "type": q.qtype, "question": q.text, "budget": budget, "variant": name,
+        "used": doc["used_tokens"], "evidence": q.evidence,
+        "evidence_hybrid_rank": [hybrid_pos.get(index[e]) for e in q.evidence],
+        "evidence_tokens": [base.cost[index[e]] for e in q.evidence],
+        "hybrid_window": sorted(base.window(ranks["hybrid-rrf"], budget) & set(q.evidence)),
+        "items": items,
+        "omitted_evidence": [o for o in doc["omitted"] if o["event_id"] in q.evidence],
+        # The retrieval order of what was left out (placed items come first in it).
+        "omitted_retrieved": [o["event_id"] for o in doc["omitted"] if o["section"] == "retrieved"][:40],
+        "hybrid_top": [user.turns[i].event_id for i in ranks["hybrid-rrf"][:10]],
+    }) + b"\n")
 
 
 def report(results: Result, names: Sequence[str], budgets: Sequence[int],
@@ -345,6 +373,7 @@ async def main() -> None:
                     help="extra service variant, e.g. 'nosum=summary:0,recent:60t' (request section "
                          "overrides), 'p200=pool:200,second_hop:0' (RetrievalConfig fields) or "
                          "'big=retrieved_max_item_share:0.34' (AssemblySettings fields)")
+    ap.add_argument("--dump", help="write one JSON line per (question, budget, variant) here, for diagnosis")
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     users = load(args.split, args.users)
@@ -372,7 +401,12 @@ async def main() -> None:
                 print(f"published and applied in {took:.0f}s (Kafka -> worker -> tiers)")
                 async with serving(rt) as (client, service):
                     t0 = time.perf_counter()
-                    results, sections = await evaluate(rt, client, service, users, budgets, variants)
+                    dump = open(args.dump, "wb") if args.dump else None  # noqa: SIM115
+                    try:
+                        results, sections = await evaluate(rt, client, service, users, budgets, variants, dump)
+                    finally:
+                        if dump is not None:
+                            dump.close()
                     print(f"evaluated in {time.perf_counter() - t0:.0f}s")
             report(results, ["recency", "bm25", "dense", "hybrid-rrf", *variants], budgets, sections)
         finally:

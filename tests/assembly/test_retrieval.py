@@ -128,7 +128,9 @@ def test_compact_turns_fit_more_and_keep_the_budget(budget: int) -> None:
         placed[compact] = len(window.sections["retrieved"].items)
         final = window.layout.messages_payload()[-1]
         text = orjson.dumps(final).decode()
-        assert ("[2024-03-01 user] Turn number 0" in text) is compact
+        # Compact: one transcript (a date line per day, "role: text" per turn), no tag per turn.
+        assert ("\\n2024-03-01:\\nuser: Turn number 0" in text) is compact
+        assert ('<item kind=\\"message\\"' in text) is not compact
     assert placed[True] > placed[False] > 0
 
 
@@ -180,6 +182,8 @@ async def test_reply_of_a_retrieved_question_follows_it(runtime: Runtime) -> Non
     paired = await _retrieve(runtime, RetrievalConfig(pool=1, neighbours=4), query, ["chat:s1"])
     assert [h.chunk.event_id for h in paired] == [f"{run}-acme-0", f"{run}-acme-1"]
     assert paired[0].score >= paired[1].score
+    # The reply is a companion of its question (placed with it only), the question a hit.
+    assert [h.anchor for h in paired] == [None, f"{run}-acme-0"]
 
 
 @pytest.mark.parametrize("hop_vector", ["embed", "mix"])
@@ -249,7 +253,7 @@ class _DeadHot:
         raise StorageUnavailableError("refused", tier="hot", operation="recent")
 
 
-async def test_user_turn_of_a_retrieved_reply_comes_just_above_it(runtime: Runtime) -> None:
+async def test_user_turn_of_a_retrieved_reply_comes_with_it(runtime: Runtime) -> None:
     run = uuid.uuid4().hex[:6]
     await _ingest(runtime, [
         _event(run, 0, "Finally some good news: it took over a year, but it is behind me now."),
@@ -260,8 +264,9 @@ async def test_user_turn_of_a_retrieved_reply_comes_just_above_it(runtime: Runti
     plain = await _retrieve(runtime, RetrievalConfig(pool=1), query, ["chat:s1"])
     assert [h.chunk.event_id for h in plain] == [f"{run}-acme-1"]
     prompted = await _retrieve(runtime, RetrievalConfig(pool=1, prompts=4), query, ["chat:s1"])
-    assert [h.chunk.event_id for h in prompted] == [f"{run}-acme-0", f"{run}-acme-1"]
-    assert prompted[0].score >= prompted[1].score
+    # Right after the reply, anchored to it (the transcript shows them in time order).
+    assert [(h.chunk.event_id, h.anchor) for h in prompted] == [(f"{run}-acme-1", None),
+                                                                (f"{run}-acme-0", f"{run}-acme-1")]
     # A dead hot tier costs the user turn, not the hit.
     dead = Retriever(runtime.semantic, _DeadHot(), RetrievalConfig(pool=1, prompts=4))  # type: ignore[arg-type]
     hits = await dead.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
@@ -272,7 +277,7 @@ async def test_user_turn_of_a_retrieved_reply_comes_just_above_it(runtime: Runti
     known.set_result(await runtime.hot.recent("acme", "chat:s1"))
     hits = await dead.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
                                lambda t: _embed_with(runtime, t), {"chat:s1": known})
-    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]
+    assert [h.chunk.event_id for h in hits] == [f"{run}-acme-1", f"{run}-acme-0"]
 
 
 async def test_a_dead_hot_tier_costs_the_replies_not_the_hits(runtime: Runtime) -> None:
@@ -311,3 +316,38 @@ async def test_replies_reuse_the_turns_the_caller_already_read(runtime: Runtime)
     hits = await retriever.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
                                     lambda t: _embed_with(runtime, t), {"chat:s1": partial})
     assert [h.chunk.event_id for h in hits] == [f"{run}-acme-0", f"{run}-acme-1"]
+
+
+class _CountingHot:
+    """The real hot tier, counting the scope reads the neighbour steps make."""
+
+    def __init__(self, hot: Any) -> None:
+        self.hot = hot
+        self.reads = 0
+
+    async def recent(self, tenant: str, scope: str, limit: int | None = None) -> list[Chunk]:
+        self.reads += 1
+        return list(await self.hot.recent(tenant, scope, limit))
+
+
+async def test_replies_and_user_turns_come_from_one_read_of_the_turns(runtime: Runtime) -> None:
+    run = uuid.uuid4().hex[:6]
+    await _ingest(runtime, [
+        _event(run, 0, "What's the wifi password for the Pune office?"),
+        _event(run, 1, "It's otter-4471, all lowercase.", role="assistant"),
+        _event(run, 2, "Finally some good news: it is behind me now."),
+        _event(run, 3, "I'm so glad the wifi at the Pune office works again!", role="assistant"),
+    ])
+    query = "wifi password Pune office?"
+    hot = _CountingHot(runtime.hot)
+    plain = await _retrieve(runtime, RetrievalConfig(pool=2), query, ["chat:s1"])
+    assert {h.chunk.event_id for h in plain} == {f"{run}-acme-0", f"{run}-acme-3"}
+    retriever = Retriever(runtime.semantic, hot, RetrievalConfig(pool=2, neighbours=4, prompts=4))  # type: ignore[arg-type]
+    hits = await retriever.retrieve("acme", ["chat:s1"], query, await _embed_with(runtime, query),
+                                    lambda t: _embed_with(runtime, t))
+    ids = [h.chunk.event_id for h in hits]
+    # The question's reply follows it, and so does the reply's user turn ...
+    assert ids.index(f"{run}-acme-1") == ids.index(f"{run}-acme-0") + 1
+    assert ids.index(f"{run}-acme-2") == ids.index(f"{run}-acme-3") + 1
+    # ... from a single read of the scope's turns (not one per step, one after the other).
+    assert hot.reads == 1

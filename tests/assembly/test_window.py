@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ctxpipe.assembly.anthropic_format import check_alternation, count_layout, stable_prefix_bytes
+from ctxpipe.assembly.anthropic_format import RETRIEVED_HEADER, check_alternation, count_layout, stable_prefix_bytes
 from ctxpipe.assembly.exceptions import BudgetTooSmallError
 from ctxpipe.assembly.models import SECTION_ORDER, SectionName
 from ctxpipe.assembly.window import Hit, Summary, Window, WindowConfig, minimum_budget
@@ -63,6 +63,14 @@ def _scope_state(draw: st.DrawFn) -> _ScopeState:
     facts = [_fact(f"f{i}", draw(_words), i) for i in range(draw(st.integers(0, 6)))]
     hits = [_doc(f"d{i}", draw(_words), draw(st.floats(0.001, 1.0)), draw(st.floats(0, 1e7)))
             for i in range(draw(st.integers(0, 15)))]
+    # Past conversation turns (transcript lines under a date line per day), some on one day.
+    hits += [Hit(chunk(f"p{i}", draw(_words), role=draw(st.sampled_from([Role.USER, Role.ASSISTANT])),
+                       offset=100 + i, age_s=draw(st.sampled_from([5e5, 5e5 + 60, 9e6, 2e7]))),
+                 draw(st.floats(0.001, 1.0)))
+             for i in range(draw(st.integers(0, 15)))]
+    # Companions of some of those (placed only right after their hit).
+    hits += [Hit(chunk(f"c{i}", draw(_words), offset=200 + i, age_s=5e5), 0.5, anchor=h.chunk.event_id)
+             for i, h in enumerate(hits) if draw(st.booleans())]
     # Retrieval may return chunks of turns already in the history: they must not repeat.
     hits += [Hit(c, 0.9) for c in draw(st.lists(st.sampled_from(recent), max_size=3))] if recent else []
     summary = Summary(draw(_words)) if draw(st.booleans()) else None
@@ -328,3 +336,80 @@ def test_a_long_hit_waits_until_smaller_ones_had_their_turn() -> None:
     assert [i.chunk.event_id for i in roomy.sections["retrieved"].items][-1] == "long"
     assert roomy.used_tokens <= 900
 
+
+
+# -- compact rendering of retrieved turns ----------------------------------------------------
+
+
+def test_retrieved_turns_render_as_one_dated_transcript_in_time_order() -> None:
+    day = 24 * 3600.0
+    hits = [
+        Hit(chunk("a2", "It is otter-4471.", role=Role.ASSISTANT, offset=2, age_s=3 * day), 0.9),
+        Hit(chunk("u1", "What is the wifi password?", role=Role.USER, offset=1, age_s=3 * day + 60), 0.8),
+        Hit(chunk("u9", "I moved to Lisbon last week.", role=Role.USER, offset=9, age_s=1 * day), 0.95),
+        _doc("d1", "refund policy: 30 days", score=0.5),
+    ]
+    w = build(1500, hits=hits)
+    blocks = [b["text"] for b in w.layout.messages_payload()[-1]["content"]]
+    # One block for the turns (header, a date line per day, turns oldest first), one per document.
+    assert blocks[0] == (
+        RETRIEVED_HEADER + "\n2024-12-29:\nuser: What is the wifi password?\nassistant: It is otter-4471."
+        "\n2024-12-31:\nuser: I moved to Lisbon last week."
+    )
+    assert blocks[1].startswith('<item kind="document"') and blocks[2] == "what is the status of my order?"
+    retrieved = w.sections["retrieved"]
+    # The section's tokens are its items' (each day's date line charged once) plus the header.
+    header = COUNTER.count(blocks[0].split("\n")[0]) + 3
+    assert retrieved.used_tokens == sum(i.tokens for i in retrieved.items) + header
+    # The estimates are exact here: the whole window costs what its sections and fixed parts say.
+    assert w.used_tokens == count_layout(w.layout, COUNTER.count)
+
+
+def test_transcript_costs_far_less_framing_per_turn_than_tagged_blocks() -> None:
+    from dataclasses import replace
+
+    hits = [Hit(chunk(f"h{i}", f"turn {i}", offset=i, age_s=1e6 - i), 1.0 - i / 100) for i in range(20)]
+    framing = {}
+    for compact in (True, False):
+        w = build(3000, hits=hits, config=replace(CONFIG, compact_turns=compact))
+        items = w.sections["retrieved"].items
+        assert len(items) == 20
+        framing[compact] = (sum(i.tokens for i in items) - sum(COUNTER.count(i.text) for i in items)) / 20
+    assert framing[True] <= 4 < 15 <= framing[False]
+
+
+def test_a_companion_is_placed_only_right_after_its_hit() -> None:
+    long_reply = "It went well, here is everything about the trip. " * 30
+    reply = Hit(chunk("r", long_reply, role=Role.ASSISTANT, offset=2), 0.9)
+    prompt = Hit(chunk("p", "I went to Lisbon in May.", offset=1), 0.9, anchor="r")
+    other = Hit(chunk("o", "My sister lives in Porto.", offset=5), 0.5)
+    small = build(MIN_BUDGET + 150, hits=[reply, prompt, other])
+    # The reply does not fit: its companion does not take its place, the next hit does.
+    assert [i.chunk.event_id for i in small.sections["retrieved"].items] == ["o"]
+    assert ("p", "retrieved", "budget") in small.omitted
+    roomy = build(MIN_BUDGET + 900, hits=[reply, prompt, other])
+    # With room, the companion comes right after its hit (before lower-ranked hits).
+    assert [i.chunk.event_id for i in roomy.sections["retrieved"].items] == ["r", "p", "o"]
+    # A companion that also ranks on its own is placed once, at the better of the two.
+    own = Hit(chunk("p", "I went to Lisbon in May.", offset=1), 0.95)
+    both = build(MIN_BUDGET + 150, hits=[reply, prompt, other, own])
+    assert [i.chunk.event_id for i in both.sections["retrieved"].items] == ["p", "o"]
+
+
+def test_value_packing_prefers_short_hits_only_when_they_are_worth_more() -> None:
+    from dataclasses import replace
+
+    top = Hit(chunk("h0", "word " * 240, offset=0, age_s=1e6), 1.0)
+    short = [Hit(chunk(f"h{i}", f"note {i} " + "note " * 47, offset=i, age_s=1e6), 1.0 - i / 100) for i in range(1, 5)]
+
+    def placed(budget: int, packing: str) -> list[str]:
+        w = build(budget, hits=[top, *short], config=replace(CONFIG, packing=packing))  # type: ignore[arg-type]
+        assert w.used_tokens <= budget
+        return [i.chunk.event_id for i in w.sections["retrieved"].items]
+
+    # Rank order fits the long top hit and one short one (worth 1/2 + 1/3 by the rank prior);
+    # the four short ones are worth more (1/3 + 1/4 + 1/5 + 1/6) and fit too.
+    assert placed(400, "rank") == ["h0", "h1"]
+    assert placed(400, "value") == ["h1", "h2", "h3", "h4"]
+    # With room for the top hit and two short ones, rank order is worth more: it is kept.
+    assert placed(440, "rank") == placed(440, "value") == ["h0", "h1", "h2"]
