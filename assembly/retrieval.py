@@ -100,8 +100,6 @@ class RetrievalConfig:
     latest_boost: float = 0.0
 
 
-# What the service did before this module: one hybrid search of 40.
-LEGACY_RETRIEVAL: Final = RetrievalConfig()
 # Chosen on the dev seed of bench/assembly_quality.py (never on the reported seed).
 DEFAULT_RETRIEVAL: Final = RetrievalConfig(
     pool=100, exact_ids=True, second_hop=2, neighbours=8,

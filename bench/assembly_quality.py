@@ -13,8 +13,6 @@ Metric: a question counts as found when *all* its supporting turns are inside th
 
 * ``recency``: the newest turns of the user's conversation (all sessions) that fit;
 * ``dense``: top-k by dense cosine only (no BM25, no recency), filling the budget;
-* ``service-legacy``: the assembly service with the retrieval it shipped with (one
-  hybrid search of 40, recency-blended);
 * ``service``: the assembly service as configured now (:mod:`ctxpipe.assembly.retrieval`),
   queries embedded by the int8 copy of the model (``embedding.query_precision``);
 * ``service fp32 queries``: the same with full-precision query vectors;
@@ -46,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ctxpipe.assembly.models import ContextRequest  # noqa: E402
-from ctxpipe.assembly.retrieval import DEFAULT_RETRIEVAL, LEGACY_RETRIEVAL, RetrievalConfig, Retriever  # noqa: E402
+from ctxpipe.assembly.retrieval import DEFAULT_RETRIEVAL, RetrievalConfig, Retriever  # noqa: E402
 from ctxpipe.assembly.service import AssemblyService  # noqa: E402
 from ctxpipe.assembly.window import Hit, Summary, WindowConfig, build_window  # noqa: E402
 from bench.quality_data import QUESTION_TYPES, Dataset, Question, make_dataset  # noqa: E402
@@ -136,22 +134,20 @@ class Bench:
         return run
 
     def service(
-        self, config: RetrievalConfig, *, compact: bool = True, recency_weight: float | None = None,
+        self, config: RetrievalConfig, *, recency_weight: float | None = None,
         full_precision_queries: bool = False,
     ) -> Strategy:
-        svc = AssemblyService(self.rt, clock=lambda: self._now)
-        svc.retriever = Retriever(self.rt.semantic, self.rt.hot, config)
+        # Variants through the service's public settings, over the same stored tiers.
+        settings = self.rt.settings
+        if recency_weight is not None:
+            settings = settings.model_copy(update={
+                "assembly": settings.assembly.model_copy(update={"recency_weight": recency_weight})})
         if full_precision_queries:  # the documents' model for queries too (no int8 copy)
-            svc.query_model = self.rt.embedder.inner
-            svc._queries = svc._query_embedder(svc.query_model)
-        make_config = svc._window_config
-
-        def window_config(request: ContextRequest, system_prompt: str, summary: Summary | None = None) -> WindowConfig:
-            c = make_config(request, system_prompt, summary)
-            w = c.recency_weight if recency_weight is None else recency_weight
-            return dataclasses.replace(c, compact_turns=compact, recency_weight=w)
-
-        svc._window_config = window_config  # type: ignore[method-assign]
+            settings = settings.model_copy(update={
+                "embedding": settings.embedding.model_copy(update={"query_precision": "fp32"})})
+        rt = self.rt
+        svc = AssemblyService(_Tiers(settings, rt.hot, rt.semantic, rt.cold, rt.embedder), clock=lambda: self._now)
+        svc.retriever = Retriever(rt.semantic, rt.hot, config)
 
         async def run(q: Question, budget: int) -> set[str]:
             self._now = q.asked_at
@@ -165,6 +161,17 @@ class Bench:
         return run
 
     _now: datetime
+
+
+@dataclasses.dataclass
+class _Tiers:
+    """The service's view of the tiers (:class:`ctxpipe.assembly.service.Tiers`), with its own settings."""
+
+    settings: Settings
+    hot: Any
+    semantic: Any
+    cold: Any
+    embedder: Any
 
 
 def _events(sections: Any) -> set[str]:
@@ -259,8 +266,6 @@ async def main() -> None:
                 "recency": bench.recency,
                 "dense (full tags)": bench.dense(compact=False),
                 "dense": bench.dense(compact=True),
-                "service-legacy": bench.service(LEGACY_RETRIEVAL, compact=False),
-                "service-legacy compact": bench.service(LEGACY_RETRIEVAL),
                 "service": bench.service(DEFAULT_RETRIEVAL),
                 "service fp32 queries": bench.service(DEFAULT_RETRIEVAL, full_precision_queries=True),
             }
