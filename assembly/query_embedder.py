@@ -1,7 +1,7 @@
 """Query embeddings on the request path: micro-batched, cached, one model thread.
 
-One query through the model costs ~4 ms (ONNX) to ~11-28 ms (torch) on the 2-core box,
-but a batch of 32 costs far less than 32 singles. So concurrent requests do not each
+One query through the model costs milliseconds (docs/performance.md), but a batch of 32
+costs far less than 32 singles. So concurrent requests do not each
 call the model: :meth:`QueryEmbedder.embed` queues the text and one dispatcher task
 hands whatever is queued (at most ``max_batch``) to the model in a single call, on one
 dedicated worker thread. While that call runs, new queries pile up and go together in

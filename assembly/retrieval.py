@@ -108,12 +108,10 @@ DEFAULT_RETRIEVAL: Final = RetrievalConfig(
     # of a top reply; 2k/4k 0.841/0.903 -> 0.873/0.912 there.
     prompts=8,
     # The hits' first 12 words, not all of them: the same recall on both seeds, and a
-    # cheaper second-hop search (by hand on the latency bench's corpus: 0.44x the CPU for
-    # a conversation, 0.85x with the kb; bench/edge_search_cost.py: 0.89x).
+    # cheaper second-hop search (docs/performance.md).
     second_hop_words=12,
     # 200 candidates a signal, not 400: the same recall on both seeds (1 lost a 1k
-    # question on dev); a knowledge-base search (5k passages) costs ~0.87x the engine CPU
-    # (by hand on the latency bench's corpus), a conversation about the same.
+    # question on dev), and a cheaper knowledge-base search (docs/performance.md).
     prefetch_factor=2,
 )
 
@@ -168,7 +166,7 @@ def boost_ids(scored: dict[str, tuple[float, Chunk]], ids: Sequence[str]) -> dic
     alternatives = "|".join(re.escape(i) for i in sorted(weight, key=len, reverse=True))
     pattern = re.compile(rf"(?<![\w-])({alternatives})(?![\w-])", re.IGNORECASE)
     # Ids are ASCII (_ID): in an ASCII text, no lower-cased occurrence means no match, and
-    # that test costs ~0.2 us against the regex's ~3 (most candidates hold none of the ids).
+    # that test is far cheaper than the regex (most candidates hold none of the ids).
     needles = list(weight)
     out: dict[str, tuple[float, Chunk]] = {}
     for cid, (score, chunk) in scored.items():
@@ -304,7 +302,7 @@ class Retriever:
             if not got or len(got) != len(vector):
                 return None
             parts.append((got, ch.text))
-        # float64 like the Python sums this replaced (~0.1 ms of loop on the event loop).
+        # float64 like the Python sums this replaced (a loop on the event loop).
         weights = np.array([max(1, len(text.split())) for _, text in parts], dtype=np.float64)
         mixed = weights @ np.array([v for v, _ in parts], dtype=np.float64)
         norm = float(np.linalg.norm(mixed))

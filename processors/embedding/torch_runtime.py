@@ -43,12 +43,11 @@ def resolve_model_path(model_name: str) -> Path:
 def default_torch_threads() -> int:
     """One core less than this process may use (at least 1).
 
-    Measured on the 2-core box (bench/embedding_throughput.py, other work running): with
-    2 threads batch-64 throughput is ~1.5x that of 1 thread, but a single text (a query
-    embedding on the API path) collapses from ~80 to ~11-16 texts/s, because OpenMP
-    threads spin-wait for a core that the event loop, Kafka client or another process
-    holds. Leaving a core free keeps latency predictable; a dedicated ingest worker can
-    pass ``torch_threads`` explicitly for the extra batch throughput."""
+    With every core, batch throughput rises but a single text (a query embedding on the
+    API path) slows sharply, because OpenMP threads spin-wait for a core that the event
+    loop, the Kafka client or another process holds (bench/embedding_throughput.py;
+    docs/performance.md). Leaving a core free keeps latency predictable; a dedicated
+    ingest worker can pass ``torch_threads`` explicitly for the extra batch throughput."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
