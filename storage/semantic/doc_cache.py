@@ -3,8 +3,8 @@ owns the shard.
 
 Why: reading a payload back from Edge is a large part of a search's cost (the engine
 decodes it and builds Python objects; docs/performance.md), and a conversation's scope is
-searched on every turn, so the same chunks come back again and again.
-bench/edge_search_cost.py measures searches with and without it.
+searched on every turn, so the same chunks come back again and again
+(bench/assembly_latency.py, config onnx-nocache, compares).
 
 Correct by construction because every write to the shard goes through the store that
 owns this cache: an upsert forgets the ids it wrote, *after* the write, and bumps
