@@ -332,7 +332,7 @@ class Replayer:
         """Apply the source topic's records in ``[start, end)`` per partition to this
         version's open stores, by the replay's rules (the archive read, not written; rejects
         not dead-lettered again), and raise its applied offsets to ``end``. The gap a live
-        worker left in a version it moves on to (:class:`ctxpipe.app.runtime.PipelineFollower`).
+        worker left in a version it moves on to (:class:`ctxpipe.app.follower.PipelineFollower`).
         Returns how many records were applied."""
         topic = self.settings.kafka.source_topic
         applied = 0
