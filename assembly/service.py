@@ -30,18 +30,11 @@ from ctxpipe.assembly import allocation, metrics
 from ctxpipe.assembly.anthropic_format import prefix_sha256
 from ctxpipe.assembly.models import (
     SECTION_ORDER,
-    AnthropicPayload,
     ContextRequest,
     ContextResponse,
     FreshnessClass,
-    FreshnessOut,
-    OmittedOut,
-    PositionsOut,
     SectionName,
-    SectionOut,
     TierName,
-    Watermark,
-    WindowItemOut,
 )
 from ctxpipe.assembly.retrieval import DEFAULT_RETRIEVAL, Retriever
 from ctxpipe.assembly.window import Hit, Summary, Window, WindowConfig, build_window, minimum_budget
@@ -293,11 +286,11 @@ class AssemblyService:
             hits=sem_f.value or [],
             now=now,
         )
-        response = self._response(request, trace_id, window, hot, sem_f, wait, reasons, now)
-        body = response.model_dump_json().encode()
-        self._observe(window, response, time.perf_counter() - start)
+        doc = self._response(request, trace_id, window, hot, sem_f, wait, reasons, now)
+        body = orjson.dumps(doc, option=_JSON_OPTIONS)
+        self._observe(window, doc, time.perf_counter() - start)
         if self.config.record_windows:
-            self.recorder.record(request.tenant, request.scope, trace_id, self._record(request, response, body))
+            self.recorder.record(request.tenant, request.scope, trace_id, self._record(request, doc, body))
         return body
 
     # -- tiers --------------------------------------------------------------------------
@@ -450,10 +443,10 @@ class AssemblyService:
         wait: _Wait,
         reasons: list[str],
         now: datetime,
-    ) -> ContextResponse:
-        """The response model, built from values the service made itself (``model_construct``:
-        validating hundreds of items again cost more than the rest of the request);
-        :meth:`assemble` parses the served bytes, so the tests check them against the schema."""
+    ) -> dict[str, Any]:
+        """The :class:`ContextResponse` as plain JSON data, field for field (built directly:
+        validating hundreds of items into models, then dumping them, cost more than the
+        rest of the request; :meth:`assemble` validates the bytes instead)."""
         bounds = self.config.staleness_bounds_s
         hot_tier: TierName = "none" if hot is None else hot.source
         main_mark = hot.watermarks.get(request.scope) if hot else None
@@ -466,33 +459,33 @@ class AssemblyService:
             "pinned": "fact", "recent": "message", "retrieved": "document", "summary": "document"
         }
         order = ("realtime", "near_real_time", "batch")
-        sections: list[SectionOut] = []
+        sections: list[dict[str, Any]] = []
         for name in SECTION_ORDER:
             sec = window.sections[name]
             kinds = {i.chunk.kind.value for i in sec.items} or {default_kind[name]}
             fclass = max((self._freshness_class(k) for k in kinds), key=order.index)
-            mark: Watermark | dict[str, int] | None = None
+            mark: dict[str, Any] | None = None
             if name in ("pinned", "recent") and main_mark is not None:
                 mark = _watermark(main_mark)
             elif name == "retrieved" and wait.applied:
                 mark = {str(p): o for p, o in sorted(wait.applied.items())}
             items = [
-                WindowItemOut.model_construct(
-                    event_id=i.chunk.event_id, chunk_id=i.chunk.chunk_id, scope=i.chunk.scope,
-                    kind=i.chunk.kind.value, role=i.chunk.role.value if i.chunk.role else None,
-                    text=i.text, tokens=i.tokens, occurred_at=i.chunk.occurred_at,
-                    age_seconds=round(max(0.0, (now - i.chunk.occurred_at).total_seconds()), 3),
-                    score=i.score, truncated=i.truncated, metadata=i.chunk.metadata,
-                )
+                {
+                    "event_id": i.chunk.event_id, "chunk_id": i.chunk.chunk_id, "scope": i.chunk.scope,
+                    "kind": i.chunk.kind.value, "role": i.chunk.role.value if i.chunk.role else None,
+                    "text": i.text, "tokens": i.tokens, "occurred_at": i.chunk.occurred_at,
+                    "age_seconds": round(max(0.0, (now - i.chunk.occurred_at).total_seconds()), 3),
+                    "score": i.score, "truncated": i.truncated, "metadata": i.chunk.metadata,
+                }
                 for i in sec.items
             ]
             bound = bounds.get(fclass)
-            sections.append(SectionOut.model_construct(
-                name=name, budget_tokens=sec.budget_tokens, used_tokens=sec.used_tokens,
-                tier=tiers[name], freshness_class=fclass,
-                staleness_bound_s=None if bound is None else float(bound),
-                watermark=mark, items=items,
-            ))
+            sections.append({
+                "name": name, "budget_tokens": sec.budget_tokens, "used_tokens": sec.used_tokens,
+                "tier": tiers[name], "freshness_class": fclass,
+                "staleness_bound_s": None if bound is None else float(bound),
+                "watermark": mark, "items": items,
+            })
         required = request.freshness
         hot_ok = hot is not None and hot.source == "hot"
         satisfied = not wait.pending and (
@@ -502,56 +495,54 @@ class AssemblyService:
             or required == "batch"
         )
         layout = window.layout
-        return ContextResponse.model_construct(
-            trace_id=trace_id, tenant=request.tenant, scope=request.scope,
-            budget_tokens=request.budget_tokens, used_tokens=window.used_tokens,
-            counter=type(self.counter).__name__,
-            sections=sections,
-            omitted=[OmittedOut.model_construct(event_id=o.event_id, section=o.section, reason=o.reason)
-                     for o in window.omitted],
-            notes=window.notes, degraded=bool(reasons), degraded_reasons=reasons,
-            pending_writes=wait.pending,
-            freshness=FreshnessOut.model_construct(
-                required=required, satisfied=satisfied,
-                classes={k: self._freshness_class(k) for k in self.config.freshness_classes},
-                staleness_bounds_s={k: float(v) for k, v in bounds.items()},
-            ),
-            positions=PositionsOut.model_construct(
-                topic=self.settings.kafka.source_topic, applied=wait.applied,
-                scope_watermarks={s: _watermark(m) for s, m in (hot.watermarks.items() if hot else [])},
-                wait_for=list(request.wait_for),
-                pending_writes=wait.pending,
-                waited_ms=round(wait.waited_ms, 3),
-            ),
-            prefix_sha256=prefix_sha256(layout),
-            anthropic=AnthropicPayload.model_construct(
-                system=layout.system_payload(), messages=layout.messages_payload()),
-        )
+        return {
+            "trace_id": trace_id, "tenant": request.tenant, "scope": request.scope,
+            "budget_tokens": request.budget_tokens, "used_tokens": window.used_tokens,
+            "counter": type(self.counter).__name__,
+            "sections": sections,
+            "omitted": [{"event_id": o.event_id, "section": o.section, "reason": o.reason} for o in window.omitted],
+            "notes": window.notes, "degraded": bool(reasons), "degraded_reasons": reasons,
+            "pending_writes": wait.pending,
+            "freshness": {
+                "required": required, "satisfied": satisfied,
+                "classes": {k: self._freshness_class(k) for k in self.config.freshness_classes},
+                "staleness_bounds_s": {k: float(v) for k, v in bounds.items()},
+            },
+            "positions": {
+                "topic": self.settings.kafka.source_topic, "applied": wait.applied,
+                "scope_watermarks": {s: _watermark(m) for s, m in (hot.watermarks.items() if hot else [])},
+                "wait_for": [p.model_dump(mode="json") for p in request.wait_for],
+                "pending_writes": wait.pending,
+                "waited_ms": round(wait.waited_ms, 3),
+            },
+            "prefix_sha256": prefix_sha256(layout),
+            "anthropic": {"system": layout.system_payload(), "messages": layout.messages_payload()},
+        }
 
-    def _observe(self, window: Window, response: ContextResponse, seconds: float) -> None:
+    def _observe(self, window: Window, doc: dict[str, Any], seconds: float) -> None:
         metrics.REQUEST_SECONDS.observe(seconds)
         metrics.WINDOW_TOKENS.observe(window.used_tokens)
         for name, sec in window.sections.items():
             metrics.SECTION_TOKENS.labels(section=name).observe(sec.used_tokens)
-        if response.pending_writes:
+        if doc["pending_writes"]:
             metrics.PENDING_WRITES.inc()
 
-    def _record(self, request: ContextRequest, response: ContextResponse, body: bytes) -> bytes:
+    def _record(self, request: ContextRequest, doc: dict[str, Any], body: bytes) -> bytes:
         """What reproduction needs: the request, the answer (the served bytes, embedded as
         they are), versions and positions."""
         return orjson.dumps(
             {
                 "format_version": WINDOW_FORMAT_VERSION,
-                "trace_id": response.trace_id,
+                "trace_id": doc["trace_id"],
                 "recorded_at": time.time(),
                 "request": orjson.Fragment(request.model_dump_json()),
                 "response": orjson.Fragment(body),
-                "positions": orjson.Fragment(response.positions.model_dump_json()),
+                "positions": doc["positions"],
                 "versions": self._versions,
             },
             option=_JSON_OPTIONS,
         )
 
 
-def _watermark(m: HotWatermark) -> Watermark:
-    return Watermark.model_construct(partition=m.partition, offset=m.offset, updated_at=m.updated_at)
+def _watermark(m: HotWatermark) -> dict[str, Any]:
+    return {"partition": m.partition, "offset": m.offset, "updated_at": m.updated_at}

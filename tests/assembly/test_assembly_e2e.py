@@ -17,10 +17,11 @@ from typing import Any
 
 import orjson
 import pytest
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from ctxpipe.assembly.client import AsyncContextClient
 from ctxpipe.assembly.exceptions import ClientError
+from ctxpipe.assembly.models import ContextResponse
 from ctxpipe.assembly.recording import load_window
 from ctxpipe.assembly.service import AssemblyService
 from ctxpipe.app.runtime import Runtime, open_runtime
@@ -126,6 +127,37 @@ async def test_context_end_to_end_read_your_writes_and_recording(runtime: Runtim
 
     logged = await read_topic(ks, ks.windows_topic, expect=4)
     assert fresh.trace_id in {orjson.loads(r.value)["trace_id"] for r in logged}
+
+
+def _every_field_sent(model: BaseModel, where: str = "response") -> None:
+    """Each object of the served JSON holds exactly its model's fields (extra ones are
+    refused by the models' extra="forbid"): the dict the service builds cannot drift."""
+    assert model.model_fields_set == set(type(model).model_fields), (where, set(type(model).model_fields) ^ model.model_fields_set)
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        children = value if isinstance(value, list) else [value]
+        for i, child in enumerate(children):
+            if isinstance(child, BaseModel):
+                _every_field_sent(child, f"{where}.{name}[{i}]")
+
+
+async def test_the_served_json_is_the_response_model_field_for_field(runtime: Runtime) -> None:
+    ks = runtime.settings.kafka
+    run = uuid.uuid4().hex[:6]
+    events = [_msg(run, i, "acme", "drift", f"turn {i} about ORD-{i}", "user" if i % 2 == 0 else "assistant")
+              for i in range(6)]
+    async with Publisher(ks) as pub:
+        positions = await pub.publish(events)
+    await wait_applied(runtime.hot, ks.source_topic, positions)
+    async with serving(runtime) as api:
+        raw = await api.client.post("/v1/context", json={
+            "tenant": "acme", "scope": "drift", "query": "ORD-3", "budget_tokens": 1500,
+            "wait_for": [{"partition": positions[-1].partition, "offset": positions[-1].offset}]},
+            headers={"X-API-Key": KEYS["acme"]})
+    assert raw.status_code == 200, raw.text
+    served = ContextResponse.model_validate_json(raw.content)
+    assert {i.event_id for s in served.sections for i in s.items} >= {e["event_id"] for e in events}
+    _every_field_sent(served)
 
 
 async def test_the_api_leaves_the_interpreter_alone(test_settings: Settings) -> None:
