@@ -542,7 +542,9 @@ def _fill_retrieved(
     # Companions never compete on their own: one that outranked the next hits would fill a
     # small window with turns that only complete hits that did not fit.
     ranked = rank_hits([h for h in hits if h.anchor is None], config, now)
-    packing = _Packing(section.budget_tokens, config, count, placed_events, companions)
+    # Each hit's cost and transcript day, worked out once for both packings.
+    memo: dict[str, tuple[int, date | None]] = {}
+    packing = _Packing(section.budget_tokens, config, count, placed_events, companions, memo)
     packing.pack([(s, h, r) for r, (s, h) in enumerate(ranked)], defer=True)
     if config.packing == "value" and ranked:
         # Greedy by value per token: a window takes the few short turns that carry as much
@@ -550,8 +552,8 @@ def _fill_retrieved(
         # wins when the top hit is worth more than what fits beside it). The prior 1/(r + 2)
         # follows how evidence thins out down a hybrid ranking (dev: ~0.53, 0.34, 0.17,
         # 0.14 of questions have an evidence turn at ranks 0-3).
-        dense = _Packing(section.budget_tokens, config, count, placed_events, companions)
-        costs = [chunk_cost(h.chunk, config, count) for _, h in ranked]
+        dense = _Packing(section.budget_tokens, config, count, placed_events, companions, memo)
+        costs = [dense.cost_and_day(h.chunk)[0] for _, h in ranked]
         order = sorted(range(len(ranked)), key=lambda r: (-1 / ((r + config.rank_prior) * max(1, costs[r])), r))
         # Items too big for their share wait here too: at 512 tokens the top hits are often
         # long replies that echo the question (dev: 0.623 -> 0.574 at 512 without this).
@@ -572,7 +574,9 @@ class _Packing:
         count: _MemoCounter,
         placed_events: set[str],
         companions: Mapping[str, Sequence[Hit]],
+        memo: dict[str, tuple[int, date | None]],
     ) -> None:
+        self.memo = memo
         self.budget = budget
         self.config = config
         self.count = count
@@ -588,6 +592,12 @@ class _Packing:
         self.days: set[date] = set()
         self.deferred: list[tuple[float, Hit, int | None]] = []
 
+    def cost_and_day(self, c: Chunk) -> tuple[int, date | None]:
+        got = self.memo.get(c.chunk_id)
+        if got is None:
+            got = self.memo[c.chunk_id] = (chunk_cost(c, self.config, self.count), _transcript_day(c, self.config))
+        return got
+
     def pack(self, order: Sequence[tuple[float, Hit, int]], *, defer: bool) -> None:
         # An item larger than this part of the section waits for a second pass: in a small
         # window one long chunk would crowd out several relevant short ones.
@@ -602,12 +612,12 @@ class _Packing:
         # Once per event: the best-ranked chunk of an event stands for it.
         if c.event_id in self.seen_events or c.event_id in self.placed_events:
             return
-        day = _transcript_day(c, self.config)
+        base, day = self.cost_and_day(c)
         # A transcript turn shares its block (and its day's date line) with the others.
         if day is None:
-            cost = chunk_cost(c, self.config, self.count) + BLOCK_OVERHEAD_TOKENS
+            cost = base + BLOCK_OVERHEAD_TOKENS
         else:
-            cost = chunk_cost(c, self.config, self.count) + (self.day_cost if day not in self.days else 0)
+            cost = base + (self.day_cost if day not in self.days else 0)
         extra = cost + (self.header if not self.items else 0)
         if self.used + extra > self.budget:
             return  # a smaller hit further down may still fit
