@@ -24,6 +24,8 @@ from ctxpipe.storage.cold import ColdStore
 from ctxpipe.storage.hot import HotStore
 from ctxpipe.streams.publisher import Publisher
 
+from support.ingest import applied_count
+
 TENANT = "acme"
 N_SCOPES = 12
 PER_ROUND = 150
@@ -47,10 +49,6 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-
-
-async def _applied(hot: HotStore, topic: str) -> int:
-    return sum(off + 1 for off in (await hot.applied_offsets(topic=topic)).values())
 
 
 async def _until_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes], log: Path,
@@ -119,9 +117,9 @@ async def test_sigkilled_service_answers_within_seconds_and_loses_nothing(
             publisher = asyncio.create_task(publish_steadily())
             for _ in range(KILLS):
                 # Kill mid-ingestion: once the worker has applied another PER_ROUND events.
-                target = await _applied(hot, ks.source_topic) + PER_ROUND
+                target = await applied_count(hot, ks.source_topic) + PER_ROUND
                 deadline = time.monotonic() + 180
-                while (done := await _applied(hot, ks.source_topic)) < target:
+                while (done := await applied_count(hot, ks.source_topic)) < target:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         pytest.fail(f"no progress ({done} applied):\n{log.read_text()[-3000:]}")
                     await asyncio.sleep(0.02)
@@ -142,7 +140,7 @@ async def test_sigkilled_service_answers_within_seconds_and_loses_nothing(
             await publisher
 
             deadline = time.monotonic() + 240
-            while await _applied(hot, ks.source_topic) < len(published):
+            while await applied_count(hot, ks.source_topic) < len(published):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"the restarted service did not catch up:\n{log.read_text()[-3000:]}")
                 await asyncio.sleep(0.2)

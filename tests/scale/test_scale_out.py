@@ -29,6 +29,8 @@ from ctxpipe.storage.hot import HotStore
 from ctxpipe.storage.semantic import open_semantic_store
 from ctxpipe.streams.publisher import Publisher
 
+from support.ingest import applied_count, committed_count
+
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
 PARTITIONS = 8
@@ -90,20 +92,6 @@ class _Process:
 
     def tail(self) -> str:
         return f"--- {self.name}\n{self.log.read_text()[-2500:]}"
-
-
-async def _applied(hot: HotStore, topic: str) -> int:
-    return sum(off + 1 for off in (await hot.applied_offsets(topic=topic)).values())
-
-
-async def _committed(settings: Settings) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(settings.kafka.consumer_group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == settings.kafka.source_topic)
 
 
 async def _stable_members(settings: Settings) -> int:
@@ -206,14 +194,14 @@ async def test_two_workers_and_two_apis_survive_a_kill_each(
                     await asyncio.sleep(0.05)
                 workers[0].kill()
                 apis[0].kill()
-                at_kill = (await _applied(hot, ks.source_topic), await _committed(settings))
+                at_kill = (await applied_count(hot, ks.source_topic), await committed_count(settings.kafka))
                 killed_api.set()
                 await pub.publish(events[half:])
             deadline = time.monotonic() + 300
-            while await _applied(hot, ks.source_topic) < len(events):
+            while await applied_count(hot, ks.source_topic) < len(events):
                 if time.monotonic() > deadline or workers[1].proc.poll() is not None:
                     pytest.fail(f"the surviving worker did not finish "
-                                f"({await _applied(hot, ks.source_topic)}/{len(events)}):\n" + workers[1].tail())
+                                f"({await applied_count(hot, ks.source_topic)}/{len(events)}):\n" + workers[1].tail())
                 if asker.done():
                     asker.result()
                 await asyncio.sleep(0.3)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from ctxpipe.core.settings import Settings, to_env
 from ctxpipe.storage.cold import ColdStore
@@ -22,7 +21,7 @@ from ctxpipe.storage.hot import HotStore
 from ctxpipe.storage.semantic import open_semantic_store
 from ctxpipe.streams.publisher import Publisher
 
-from support.ingest import TENANT, expected_chunks
+from support.ingest import TENANT, applied_count, committed_count, expected_chunks
 
 N_EVENTS = 1200
 N_SCOPES = 24
@@ -38,21 +37,6 @@ def _start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-async def _applied(hot: HotStore, topic: str) -> int:
-    """How many records the worker marked applied (offsets are dense per partition)."""
-    return sum(off + 1 for off in (await hot.applied_offsets(topic=topic)).values())
-
-
-async def _committed(settings: Settings) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(settings.kafka.consumer_group)
-    finally:
-        await admin.close()
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == settings.kafka.source_topic)
 
 
 @pytest.mark.slow
@@ -83,20 +67,20 @@ async def test_sigkill_mid_batch_then_restart_stores_every_event_once(
     worker = _start_worker(settings, log)
     try:
         deadline = time.monotonic() + 180
-        while (done := await _applied(hot, ks.source_topic)) < N_EVENTS // 4:
+        while (done := await applied_count(hot, ks.source_topic)) < N_EVENTS // 4:
             if worker.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"worker made no progress ({done} applied):\n{log.read_text()[-3000:]}")
             await asyncio.sleep(0.05)
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
-        applied_at_kill = await _applied(hot, ks.source_topic)
-        committed_at_kill = await _committed(settings)
+        applied_at_kill = await applied_count(hot, ks.source_topic)
+        committed_at_kill = await committed_count(settings.kafka)
         assert applied_at_kill < N_EVENTS, "the kill came too late to be mid-stream"
         assert committed_at_kill < applied_at_kill, "nothing to replay: the test proves nothing"
 
         worker = _start_worker(settings, log)
         deadline = time.monotonic() + 240
-        while await _applied(hot, ks.source_topic) < N_EVENTS:
+        while await applied_count(hot, ks.source_topic) < N_EVENTS:
             if worker.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"restarted worker did not finish:\n{log.read_text()[-3000:]}")
             await asyncio.sleep(0.2)

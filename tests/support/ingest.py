@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from ctxpipe.core.settings import KafkaSettings
 from ctxpipe.processors.chunking import ChunkingSettings, chunk_event
@@ -83,6 +84,22 @@ def expected_chunks(events: Sequence[dict[str, Any]], positions: Sequence[EventP
             occurred_at_fallback=datetime.now(UTC), counter=LocalTokenCounter(), settings=ChunkingSettings(),
         ))
     return out
+
+
+async def applied_count(hot: HotStore, topic: str) -> int:
+    """How many records the worker marked applied (offsets are dense per partition)."""
+    return sum(off + 1 for off in (await hot.applied_offsets(topic=topic)).values())
+
+
+async def committed_count(ks: KafkaSettings) -> int:
+    """How many records of the source topic the worker group committed."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=ks.bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(ks.consumer_group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == ks.source_topic)
 
 
 async def wait_applied(hot: HotStore, topic: str, positions: Sequence[EventPosition], timeout_s: float = 120) -> None:
