@@ -151,6 +151,7 @@ async def test_two_workers_and_two_apis_survive_a_kill_each(
     hot = HotStore(settings.redis)
     answers: Counter[int] = Counter()
     killed_api = asyncio.Event()
+    asker: asyncio.Task[None] | None = None
     try:
         async with httpx.AsyncClient() as client:
             urls = [f"http://127.0.0.1:{p}" for p in ports]
@@ -225,15 +226,21 @@ async def test_two_workers_and_two_apis_survive_a_kill_each(
             served = r.json()
             assert r.status_code == 200 and not served["pending_writes"], served
             assert late["event_id"] in {i["event_id"] for s in served["sections"] for i in s["items"]}
-            probe = await client.get(f"http://127.0.0.1:{health}/healthz", timeout=10)
+            # The worker followed the switch too: its probe reports v2 (it may report the
+            # switch a moment after it moved its writes there).
+            deadline = time.monotonic() + 60
+            while (probe := await client.get(f"http://127.0.0.1:{health}/healthz", timeout=10)).json().get(
+                    "version") != "v2":
+                assert time.monotonic() < deadline, "the surviving worker never reported v2:\n" + workers[1].tail()
+                await asyncio.sleep(0.3)
             assert probe.status_code == 200 and probe.json()["checks"]["ingest"] == "ok", probe.text
-            assert probe.json()["version"] == "v2"  # the worker followed the switch too
+    finally:
+        if asker is not None:  # never left running past the client it uses
             asker.cancel()
             try:
                 await asker
             except asyncio.CancelledError:
                 pass
-    finally:
         for p in everyone:
             p.stop()
 
