@@ -10,8 +10,10 @@ partitions and worker processes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +27,16 @@ from ctxpipe.streams.ingest import BatchResult
 from ctxpipe.streams.records import RawRecord
 
 log = logging.getLogger(__name__)
+
+# Why each app's ingest agent stopped. Faust's supervisor does not always set the app's
+# ``crash_reason`` when an agent raises (the actor is left pending), and a worker waiting
+# on that would hang, reading nothing, instead of exiting for its supervisor to restart it.
+_FAILED: weakref.WeakKeyDictionary[faust.App, BaseException] = weakref.WeakKeyDictionary()
+
+
+def agent_failure(app: faust.App) -> BaseException | None:
+    """Why the ingest agent stopped (it reads nothing more), or None while it runs."""
+    return _FAILED.get(app) or app.crash_reason
 
 
 class BatchProcessor(Protocol):
@@ -66,13 +78,30 @@ def create_app(settings: KafkaSettings, pipeline: BatchProcessor, datadir: Path)
     @app.agent(source, concurrency=1)
     async def ingest(stream: faust.StreamT[Any]) -> None:
         # noack_take lives on the Stream class, not on the StreamT protocol faust types with.
+        if app in _FAILED:
+            # Faust's supervisor restarts a crashed agent, whose stream goes on *after* the
+            # failed batch: storing later records before it would break per-scope order.
+            # The restarted agent ends at once (parked, it held up the app's stop for its
+            # 30 s timeout); the worker exits and its restart replays from the commit.
+            return
         batches = cast(faust.Stream[Any], stream).noack_take(settings.batch_max, within=settings.batch_wait_s)
         async for events in batches:
             records = [_to_record(ev) for ev in events]
-            # No try/except here: process() dead-letters what a record caused (per record,
-            # see IngestPipeline.process) and raises only for an outage or a systemic
-            # fault; the agent then crashes unacked, and the restarted worker replays.
-            await pipeline.process(records)
+            # process() dead-letters what a record caused (per record, see
+            # IngestPipeline.process) and raises only for an outage or a systemic fault;
+            # the batch then stays unacked, and the restarted worker replays it.
+            try:
+                await pipeline.process(records)
+            except asyncio.CancelledError:
+                raise  # the app is stopping
+            except BaseException as exc:
+                _FAILED[app] = exc
+                log.error("ingest agent stopped, batch not acked (it is replayed after a restart): %r", exc)
+                # Faust's stop and rebalance wait until every message taken is acked, and
+                # these never will be (an ack would commit past them): they are let go of
+                # unacked, so the worker can stop, and no committed offset moves past them.
+                app.consumer._unacked_messages.difference_update(ev.message for ev in events)
+                raise
             for ev in events:
                 await stream.ack(ev)
 

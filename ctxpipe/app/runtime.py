@@ -25,7 +25,7 @@ from ctxpipe.storage.hot import EmbeddingCacheRedis, HotStore
 from ctxpipe.storage.semantic import open_semantic_store
 from ctxpipe.storage.semantic.base import SemanticStore
 from ctxpipe.storage.snapshots import run_snapshots
-from ctxpipe.streams.app import running_app
+from ctxpipe.streams.app import agent_failure, running_app
 from ctxpipe.streams.ingest import IngestPipeline
 from ctxpipe.streams.summaries.scheduler import SummaryScheduler
 from ctxpipe.streams.lag import ProgressTracker, track_lag
@@ -80,8 +80,8 @@ class Runtime:
             # ends) is no outage of the API: "starting" counts as healthy, a failure not.
             checks["worker"] = self.worker.state
         elif self.app is not None:
-            crashed = getattr(self.app, "crash_reason", None)
-            checks["worker"] = f"crashed: {crashed}" if crashed else "ok"
+            crashed = agent_failure(self.app)
+            checks["worker"] = f"crashed: {crashed!r}" if crashed else "ok"
         # The index version this process serves: after a switch every process reports the new one.
         report: dict[str, Any] = {"ok": False, "checks": checks, "version": self.version}
         if self.progress is not None:

@@ -20,6 +20,7 @@ from ctxpipe.core.errors import ConfigurationError
 from ctxpipe.app.interpreter import tuned_interpreter
 from ctxpipe.app.runtime import Runtime, open_runtime
 from ctxpipe.core.settings import Settings
+from ctxpipe.streams.app import agent_failure
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ async def run_worker(settings: Settings) -> None:
     async with open_runtime(settings, worker=True) as runtime, _health_endpoint(settings, runtime):
         log.info("worker running (group %s)", settings.kafka.consumer_group)
         while not stop.is_set():
-            if runtime.app is not None and runtime.app.crash_reason is not None:
-                raise RuntimeError(f"ingest agent crashed: {runtime.app.crash_reason}")
+            if runtime.app is not None and (failure := agent_failure(runtime.app)) is not None:
+                raise RuntimeError(f"ingest agent crashed: {failure!r}") from failure
             with suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await stop.wait()
