@@ -427,6 +427,8 @@ class AssemblyService:
             recency_weight=c.recency_weight,
             recency_half_life_s=c.recency_half_life_s,
             max_item_share=c.retrieved_max_item_share,
+            min_excerpt_tokens=c.retrieved_min_excerpt_tokens,
+            max_excerpt_share=c.retrieved_max_excerpt_share,
         )
 
     def _freshness_class(self, kind: str) -> FreshnessClass:

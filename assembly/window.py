@@ -12,6 +12,9 @@ hits, it fills the sections in priority order ``pinned, summary, recent, retriev
   turns that answer it), so a cut never splits a user/assistant pair;
 * an item is placed once: a retrieved chunk of an event already in pinned or recent, or
   with the same text as a placed one, is skipped;
+* a retrieved item too big for its place may go in as an excerpt (its sentences that match
+  the query, a contiguous slice of its text with ellipsis marks, ``truncated`` set); other
+  items are placed whole or not at all;
 * whatever was cut is listed in ``omitted`` and, for history, facts and the summary, said in a
   short note inside the window ("never silently drop context").
 
@@ -54,6 +57,7 @@ from ctxpipe.assembly.anthropic_format import (
     turn_line,
 )
 from ctxpipe.assembly.exceptions import BudgetTooSmallError
+from ctxpipe.assembly.excerpt import excerpt, query_terms
 from ctxpipe.assembly.models import SECTION_ORDER, SectionName
 from ctxpipe.processors.tokens import LocalTokenCounter, TokenCounter, truncate_to_tokens
 from ctxpipe.processors.types import Chunk
@@ -113,6 +117,12 @@ class WindowConfig:
     # is kept; "rank": the first way only.
     packing: Literal["rank", "value"] = "value"
     rank_prior: float = 2.0
+    # A retrieved item too big for its place (``max_item_share``, or the room left) is cut
+    # at its rank to its sentences that match the query (assembly/excerpt.py), to at most
+    # ``max_excerpt_share`` of the section, instead of being deferred or skipped, when at
+    # least ``min_excerpt_tokens`` of it fit (0: items are placed whole or not at all).
+    min_excerpt_tokens: int = 24
+    max_excerpt_share: float = 1.0
 
 
 @dataclass(slots=True)
@@ -254,7 +264,7 @@ def build_window(
             recent_state = _RecentState.build(recent, query_text, config, counter, count)
             recent_state.fill(section, budget, placed_events, limit=config.recent_max_exchanges)
         else:
-            _fill_retrieved(section, hits, config, count, placed_events, now)
+            _fill_retrieved(section, hits, config, count, placed_events, now, query_terms(query_text))
         remaining -= section.used_tokens
         # A "take what is left" section passes nothing on: its unused budget is still in `remaining`.
         carry = 0 if share >= 1.0 else max(0, nominal - section.used_tokens)
@@ -534,6 +544,7 @@ def _fill_retrieved(
     count: _MemoCounter,
     placed_events: set[str],
     now: datetime,
+    terms: frozenset[str],
 ) -> None:
     companions: dict[str, list[Hit]] = {}
     for h in hits:
@@ -544,7 +555,8 @@ def _fill_retrieved(
     ranked = rank_hits([h for h in hits if h.anchor is None], config, now)
     # Each hit's cost and transcript day, worked out once for both packings.
     memo: dict[str, tuple[int, date | None]] = {}
-    packing = _Packing(section.budget_tokens, config, count, placed_events, companions, memo)
+    cuts: dict[tuple[str, int], tuple[str, int] | None] = {}
+    packing = _Packing(section.budget_tokens, config, count, placed_events, companions, memo, terms, cuts)
     packing.pack([(s, h, r) for r, (s, h) in enumerate(ranked)], defer=True)
     if config.packing == "value" and ranked:
         # Greedy by value per token: a window takes the few short turns that carry as much
@@ -552,7 +564,7 @@ def _fill_retrieved(
         # wins when the top hit is worth more than what fits beside it). The prior 1/(r + 2)
         # follows how evidence thins out down a hybrid ranking (dev: ~0.53, 0.34, 0.17,
         # 0.14 of questions have an evidence turn at ranks 0-3).
-        dense = _Packing(section.budget_tokens, config, count, placed_events, companions, memo)
+        dense = _Packing(section.budget_tokens, config, count, placed_events, companions, memo, terms, cuts)
         costs = [dense.cost_and_day(h.chunk)[0] for _, h in ranked]
         order = sorted(range(len(ranked)), key=lambda r: (-1 / ((r + config.rank_prior) * max(1, costs[r])), r))
         # Items too big for their share wait here too: at 512 tokens the top hits are often
@@ -575,8 +587,12 @@ class _Packing:
         placed_events: set[str],
         companions: Mapping[str, Sequence[Hit]],
         memo: dict[str, tuple[int, date | None]],
+        terms: frozenset[str],
+        cuts: dict[tuple[str, int], tuple[str, int] | None],
     ) -> None:
         self.memo = memo
+        self.terms = terms
+        self.cuts = cuts
         self.budget = budget
         self.config = config
         self.count = count
@@ -618,7 +634,15 @@ class _Packing:
             cost = base + BLOCK_OVERHEAD_TOKENS
         else:
             cost = base + (self.day_cost if day not in self.days else 0)
-        extra = cost + (self.header if not self.items else 0)
+        header = self.header if not self.items else 0
+        text, truncated = c.text, False
+        room = min(big, self.budget - self.used - header)
+        if cost > room:
+            limit = min(room, self.config.max_excerpt_share * self.budget)
+            if (excerpted := self._cut(c, cost - base, limit)) is not None:
+                text, truncated = excerpted[0], True
+                cost = cost - base + excerpted[1]
+        extra = cost + header
         if self.used + extra > self.budget:
             return  # a smaller hit further down may still fit
         if cost > big:
@@ -631,12 +655,25 @@ class _Packing:
         self.seen_text.add(key)
         if day is not None:
             self.days.add(day)
-        self.items.append(PlacedItem(c, c.text, cost, score=round(score, 6)))
+        self.items.append(PlacedItem(c, text, cost, score=round(score, 6), truncated=truncated))
         self.used += extra
         if rank is not None:
             self.value += 1 / (rank + self.config.rank_prior)
         for companion in self.companions.get(c.event_id, ()):
             self.place(score, companion, None, big)
+
+
+    def _cut(self, c: Chunk, framing: int, room: float) -> tuple[str, int] | None:
+        """The excerpt of ``c`` that fits ``room`` tokens with its ``framing``, and its
+        text's count; None when less than ``min_excerpt_tokens`` of it would fit."""
+        limit = int(room) - framing - 1  # one for a whitespace seam at the cut text's edge
+        if self.config.min_excerpt_tokens <= 0 or limit < self.config.min_excerpt_tokens:
+            return None
+        key = (c.chunk_id, limit)
+        if key not in self.cuts:
+            text = excerpt(c.text, self.terms, limit, self.count)
+            self.cuts[key] = None if text is None or text == c.text else (text, self.count(text) + 1)
+        return self.cuts[key]
 
 
 def _transcript_day(c: Chunk, config: WindowConfig) -> date | None:
@@ -655,7 +692,7 @@ def _recost_retrieved(section: SectionResult, config: WindowConfig, count: _Memo
     total = 0
     for item in section.items:
         day = _transcript_day(item.chunk, config)
-        cost = chunk_cost(item.chunk, config, count)
+        cost = chunk_cost(item.chunk, config, count, item.text if item.truncated else None)
         if day is None:
             cost += BLOCK_OVERHEAD_TOKENS
         elif day not in days:
@@ -666,13 +703,15 @@ def _recost_retrieved(section: SectionResult, config: WindowConfig, count: _Memo
     section.used_tokens = total + header if section.items else 0
 
 
-def chunk_cost(c: Chunk, config: WindowConfig, count: _MemoCounter) -> int:
+def chunk_cost(c: Chunk, config: WindowConfig, count: _MemoCounter, text: str | None = None) -> int:
     """Tokens of :func:`_render_hit` without rendering and counting it: the wrapping text's
     count (cached per template) plus the chunk's ``tokens``. An upper bound of
     ``count(_render_hit(c))`` for the local counter when ``tokens`` is its count of the text.
     A transcript turn's piece starts with a newline, so the text's end never meets another
     run of whitespace that is free on its own: no slack after it."""
     before, after = _hit_wrapping(c, config)
+    if text is not None:  # an excerpt of the chunk (its marks' edges are never whitespace)
+        return count(before) + count(after) + count(text) + 1
     return count(before) + count(after) + count.chunk(c) + _edge_slack(c.text, True, bool(after))
 
 
@@ -716,14 +755,15 @@ def _ranked_leftovers(section: SectionResult, hits: Sequence[Hit], placed_events
     return out
 
 
-def _render_hit(c: Chunk, config: WindowConfig) -> str:
-    """A retrieved item as sent: a transcript turn's line (its day's date line apart), or
-    a tagged block."""
+def _render_hit(c: Chunk, config: WindowConfig, text: str | None = None) -> str:
+    """A retrieved item as sent (``text``: an excerpt of the chunk's): a transcript turn's
+    line (its day's date line apart), or a tagged block."""
+    text = c.text if text is None else text
     if _transcript_day(c, config) is not None:
         # A past conversation turn: its day and speaker say all the model needs, and the
         # full tag (kind, scope, date) costs more tokens than a typical turn itself.
-        return turn_line(_role_name(c), c.text)
-    return retrieved_text(c.text, kind=c.kind.value, scope=c.scope, occurred_at=c.occurred_at)
+        return turn_line(_role_name(c), text)
+    return retrieved_text(text, kind=c.kind.value, scope=c.scope, occurred_at=c.occurred_at)
 
 
 def _rendered_retrieved(items: Sequence[PlacedItem], config: WindowConfig) -> tuple[str | None, list[str]]:
@@ -731,15 +771,15 @@ def _rendered_retrieved(items: Sequence[PlacedItem], config: WindowConfig) -> tu
     its reply read in sequence, and dates need no arithmetic across the list) and the
     other items' blocks in the order they were placed."""
     turns = sorted(
-        (i.chunk for i in items if _transcript_day(i.chunk, config) is not None),
-        key=lambda c: (c.occurred_at, c.offset, c.event_id, c.index),
+        (i for i in items if _transcript_day(i.chunk, config) is not None),
+        key=lambda i: (i.chunk.occurred_at, i.chunk.offset, i.chunk.event_id, i.chunk.index),
     )
-    blocks = [_render_hit(i.chunk, config) for i in items if _transcript_day(i.chunk, config) is None]
+    blocks = [_render_hit(i.chunk, config, i.text) for i in items if _transcript_day(i.chunk, config) is None]
     if not turns:
         return None, blocks
     days: dict[date, list[tuple[str, str]]] = {}
-    for c in turns:
-        days.setdefault(c.occurred_at.date(), []).append((_role_name(c), c.text))
+    for i in turns:
+        days.setdefault(i.chunk.occurred_at.date(), []).append((_role_name(i.chunk), i.text))
     return transcript_text(list(days.items())), blocks
 
 

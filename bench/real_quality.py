@@ -67,6 +67,7 @@ USERS = 40  # questions are dealt to this many users (~12 questions, ~250 turns 
 TENANT = "lme"
 ITEM_OVERHEAD, WINDOW_OVERHEAD = 3, 13
 SECTIONS = ("pinned", "summary", "recent", "retrieved")
+ANSWER = "answer text"  # the results' key of the answer-in-window check
 
 
 @dataclass
@@ -84,6 +85,10 @@ class Question:
     text: str
     user: int
     evidence: list[str]
+    # The answer, normalized, when it is found word for word in an evidence turn (else None):
+    # then "is the answer's text in the window" is checked too, so a window cannot score by
+    # holding a slice of an evidence turn that misses the answer.
+    answer: str | None = None
 
 
 @dataclass
@@ -100,11 +105,16 @@ def _date(raw: str) -> datetime:
     return datetime.strptime(f"{day} {clock.split(') ')[1]}", "%Y/%m/%d %H:%M").replace(tzinfo=UTC)
 
 
+def norm(text: str) -> str:
+    """Lower case, every run of non-word characters one space (for answer matching)."""
+    return " ".join(_WORD.findall(text.lower()))
+
+
 def user_of(qid: str) -> int:
     return int(hashlib.sha1(qid.encode()).hexdigest()[:8], 16) % USERS
 
 
-def load(split: str, users: int | None) -> list[User]:
+def load(split: str, users: int | None, merge: int = 1) -> list[User]:
     sessions: dict[str, dict[str, Any]] = {}
     raw_questions: list[dict[str, Any]] = []
     with gzip.open(DATA) as f:
@@ -120,8 +130,11 @@ def load(split: str, users: int | None) -> list[User]:
         if (u % 2 == 0) != (split == "dev"):
             continue
         user = by_user.setdefault(u, User(u, f"user-{u:02d}"))
+        answer = norm(str(q["answer"]))
+        verbatim = answer and any(answer in norm(sessions[sid]["turns"][i][1]) for sid, i in q["evidence"])
         user.questions.append(Question(
             q["qid"], q["type"], q["question"], u, [f"u{u}-{sid}-{i}" for sid, i in q["evidence"]],
+            answer if verbatim else None,
         ))
     chosen = sorted(by_user.values(), key=lambda x: x.index)[:users]
     for user in chosen:
@@ -130,6 +143,10 @@ def load(split: str, users: int | None) -> list[User]:
             start = _date(sessions[sid]["date"])
             for i, (role, text) in enumerate(sessions[sid]["turns"]):
                 user.turns.append(Turn(f"u{user.index}-{sid}-{i}", role, text, start + timedelta(minutes=i)))
+    if merge > 1:  # bigger scopes: each `merge` users' sessions in one scope, in date order
+        groups = [chosen[i : i + merge] for i in range(0, len(chosen), merge)]
+        chosen = [User(g[0].index, g[0].scope, sorted((t for u in g for t in u.turns), key=lambda t: t.at),
+                       [q for u in g for q in u.questions]) for g in groups]
     return chosen
 
 
@@ -216,6 +233,9 @@ class Baselines:
     def window(self, ranking: Sequence[int], budget: int) -> set[str]:
         return {self.user.turns[i].event_id for i in fill(ranking, self.cost, budget)}
 
+    def text(self, ids: set[str]) -> str:
+        return " ".join(t.text for t in self.user.turns if t.event_id in ids)
+
 
 # -- the run ----------------------------------------------------------------------------------
 
@@ -253,9 +273,13 @@ async def evaluate(
     counter = LocalTokenCounter()
     out: Result = defaultdict(list)
     sections: dict[tuple[str, int], Counter[str]] = defaultdict(Counter)
+    latency: dict[tuple[str, int], list[float]] = defaultdict(list)
     model = rt.embedder
     defaults = service.config
     for user in users:
+        # One untimed request a scope first: the latency figures are of warm scopes.
+        warm = {"tenant": TENANT, "scope": user.scope, "query": "hello", "budget_tokens": budgets[0]}
+        (await client.post("/v1/context", json=warm)).raise_for_status()
         vecs = np.asarray(await model.embed([t.text for t in user.turns]), dtype=np.float32)
         base = Baselines(user, vecs, counter)
         qvecs = np.asarray(await model.embed([q.text for q in user.questions]), dtype=np.float32)
@@ -263,17 +287,22 @@ async def evaluate(
             ranks = base.rankings(q.text, qvec)
             for budget in budgets:
                 got: dict[str, set[str]] = {name: base.window(r, budget) for name, r in ranks.items()}
+                texts = {name: base.text(ids) for name, ids in got.items()} if q.answer else {}
                 for name, extra in variants.items():
                     extra = dict(extra)
                     service.retriever = Retriever(rt.semantic, rt.hot, extra.pop("_retrieval", DEFAULT_RETRIEVAL))
                     service.config = defaults.model_copy(update=extra.pop("_assembly", {}))
                     body = {"tenant": TENANT, "scope": user.scope, "query": q.text, "budget_tokens": budget, **extra}
+                    t0 = time.perf_counter()
                     r = await client.post("/v1/context", json=body)
+                    latency[(name, budget)].append(time.perf_counter() - t0)
                     r.raise_for_status()
                     doc = r.json()
                     if doc["used_tokens"] > budget:
                         raise RuntimeError(f"budget exceeded: {doc['used_tokens']} > {budget}")
                     got[name] = {i["event_id"] for s in doc["sections"] for i in s["items"]}
+                    if q.answer:
+                        texts[name] = " ".join(i["text"] for s in doc["sections"] for i in s["items"])
                     if dump is not None:
                         _dump(dump, q, budget, name, doc, base, ranks, user)
                     tally = sections[(name, budget)]
@@ -287,6 +316,12 @@ async def evaluate(
                     share = sum(e in ids for e in q.evidence) / len(q.evidence)
                     out[(name, budget, q.qtype)].append(share)
                     out[(name, budget, "all")].append(share)
+                    if q.answer:
+                        out[(name, budget, ANSWER)].append(float(q.answer in norm(texts[name])))
+    for key, took in latency.items():  # one client, requests one after another
+        took.sort()
+        p50, p99 = took[len(took) // 2], took[min(len(took) - 1, int(len(took) * 0.99))]
+        sections[key]["p50_us"], sections[key]["p99_us"] = int(p50 * 1e6), int(p99 * 1e6)
     return out, sections
 
 
@@ -321,12 +356,17 @@ def report(results: Result, names: Sequence[str], budgets: Sequence[int],
     def mean(v: list[float]) -> str:
         return f"{sum(v) / len(v):.3f}" if v else "  -  "
 
-    types = sorted({t for (_, _, t) in results if t != "all"})
+    types = sorted({t for (_, _, t) in results if t not in ("all", ANSWER)})
     n = len(results[(names[0], budgets[0], "all")])
     print(f"\nshare of evidence turns inside the window ({n} questions)")
     print(f"{'strategy':<22}" + "".join(f"{b:>8}" for b in budgets))
     for name in names:
         print(f"{name:<22}" + "".join(f"{mean(results[(name, b, 'all')]):>8}" for b in budgets))
+    k = len(results[(names[0], budgets[0], ANSWER)])
+    print(f"\nthe answer's text inside the window ({k} questions whose answer is word for word in "
+          "an evidence turn)")
+    for name in names:
+        print(f"{name:<22}" + "".join(f"{mean(results[(name, b, ANSWER)]):>8}" for b in budgets))
     for t in types:
         k = len(results[(names[0], budgets[0], t)])
         print(f"\n{t} ({k} questions)")
@@ -336,7 +376,8 @@ def report(results: Result, names: Sequence[str], budgets: Sequence[int],
         w = tally["windows"]
         use = ", ".join(f"{s} {tally[s] / w:.0f}" for s in SECTIONS)
         ev = ", ".join(f"{s} {tally[f'ev:{s}']}" for s in SECTIONS)
-        print(f"{name} @ {budget}: mean tokens {use}; evidence turns ({tally['ev:all']}) in {ev}")
+        print(f"{name} @ {budget}: mean tokens {use}; evidence turns ({tally['ev:all']}) in {ev}; "
+              f"request p50 {tally['p50_us'] / 1000:.1f} ms, p99 {tally['p99_us'] / 1000:.1f} ms")
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
@@ -352,7 +393,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
         if key in SECTIONS:
             secs[key] = {"max_tokens": int(value[:-1])} if value.endswith("t") else {"share": float(value)}
         elif key in AssemblySettings.model_fields:
-            assembly[key] = float(value)
+            assembly[key] = value if value.isalpha() else float(value)
         else:
             kind = type(getattr(DEFAULT_RETRIEVAL, key))
             knobs[key] = value.lower() in ("1", "true") if kind is bool else kind(value)
@@ -373,14 +414,17 @@ async def main() -> None:
                     help="extra service variant, e.g. 'nosum=summary:0,recent:60t' (request section "
                          "overrides), 'p200=pool:200,second_hop:0' (RetrievalConfig fields) or "
                          "'big=retrieved_max_item_share:0.34' (AssemblySettings fields)")
+    ap.add_argument("--merge", type=int, default=1,
+                    help="put this many users' sessions in one scope (bigger scopes, e.g. 2: ~500 turns)")
     ap.add_argument("--dump", help="write one JSON line per (question, budget, variant) here, for diagnosis")
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
-    users = load(args.split, args.users)
+    users = load(args.split, args.users, args.merge)
     questions = sum(len(u.questions) for u in users)
     total = len([u for u in range(USERS) if (u % 2 == 0) == (args.split == "dev")])
     print(f"split {args.split}: {len(users)} of its {total} users, {questions} questions, "
-          f"{sum(len(u.turns) for u in users)} turns (subsampled: --users {args.users})")
+          f"{sum(len(u.turns) for u in users)} turns in {len(users)} scopes "
+          f"(subsampled: --users {args.users}, --merge {args.merge})")
     variants: dict[str, dict[str, Any]] = {"service": {}}
     for spec in args.variant:
         name, extra = parse_variant(spec)

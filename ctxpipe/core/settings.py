@@ -207,6 +207,13 @@ class AssemblySettings(_Group):
     # 0.43 -> 0.62 of the evidence at 512, the same at 2k/4k; it costs questions whose
     # evidence is a long reply (single-session-assistant 0.57 -> 0.29 at 512).
     retrieved_max_item_share: float = Field(default=0.34, gt=0, le=1)
+    # Such an item (or one bigger than the room left) is placed at its rank as an excerpt:
+    # its sentences that match the query, marked with an ellipsis, at most
+    # retrieved_max_excerpt_share of the section, when at least retrieved_min_excerpt_tokens
+    # fit (0: retrieved items are placed whole or not at all). Real conversations, dev:
+    # docs/context_quality.md ("Excerpts").
+    retrieved_min_excerpt_tokens: int = Field(default=24, ge=0, le=100_000)
+    retrieved_max_excerpt_share: float = Field(default=0.15, gt=0, le=1)
     # One tool result in the recent turns is cut to this many tokens (with a note).
     max_tool_result_tokens: int = Field(default=512, ge=16)
     recent_fetch_limit: int = Field(default=200, gt=0)

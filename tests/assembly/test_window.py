@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -325,9 +325,12 @@ def test_fill_order_must_name_sections_once() -> None:
 def test_a_long_hit_waits_until_smaller_ones_had_their_turn() -> None:
     hits = [_doc("long", "background " * 100, 0.99)] + [_doc(f"d{i}", f"fact {i} " * 10, 0.9 - i / 100)
                                                          for i in range(8)]
-    ranked = build(700, hits=hits)
+    # Deferral alone: no item is cut to an excerpt here (see the excerpt tests below).
+    whole = WindowConfig(system_prompt=CONFIG.system_prompt, shares=CONFIG.shares, min_excerpt_tokens=0)
+    ranked = build(700, hits=hits, config=whole)
     assert ranked.sections["retrieved"].items[0].chunk.event_id == "long"
-    config = WindowConfig(system_prompt=CONFIG.system_prompt, shares=CONFIG.shares, max_item_share=0.3)
+    config = WindowConfig(system_prompt=CONFIG.system_prompt, shares=CONFIG.shares, max_item_share=0.3,
+                          min_excerpt_tokens=0)
     w = build(700, hits=hits, config=config)
     ids = [i.chunk.event_id for i in w.sections["retrieved"].items]
     assert ids[:8] == [f"d{i}" for i in range(8)] and len(ids) > len(ranked.sections["retrieved"].items)
@@ -383,27 +386,27 @@ def test_a_companion_is_placed_only_right_after_its_hit() -> None:
     reply = Hit(chunk("r", long_reply, role=Role.ASSISTANT, offset=2), 0.9)
     prompt = Hit(chunk("p", "I went to Lisbon in May.", offset=1), 0.9, anchor="r")
     other = Hit(chunk("o", "My sister lives in Porto.", offset=5), 0.5)
-    small = build(MIN_BUDGET + 150, hits=[reply, prompt, other])
+    whole = replace(CONFIG, min_excerpt_tokens=0)  # the reply is never cut to an excerpt here
+    small = build(MIN_BUDGET + 150, hits=[reply, prompt, other], config=whole)
     # The reply does not fit: its companion does not take its place, the next hit does.
     assert [i.chunk.event_id for i in small.sections["retrieved"].items] == ["o"]
     assert ("p", "retrieved", "budget") in small.omitted
-    roomy = build(MIN_BUDGET + 900, hits=[reply, prompt, other])
+    roomy = build(MIN_BUDGET + 900, hits=[reply, prompt, other], config=whole)
     # With room, the companion comes right after its hit (before lower-ranked hits).
     assert [i.chunk.event_id for i in roomy.sections["retrieved"].items] == ["r", "p", "o"]
     # A companion that also ranks on its own is placed once, at the better of the two.
     own = Hit(chunk("p", "I went to Lisbon in May.", offset=1), 0.95)
-    both = build(MIN_BUDGET + 150, hits=[reply, prompt, other, own])
+    both = build(MIN_BUDGET + 150, hits=[reply, prompt, other, own], config=whole)
     assert [i.chunk.event_id for i in both.sections["retrieved"].items] == ["p", "o"]
 
 
 def test_value_packing_prefers_short_hits_only_when_they_are_worth_more() -> None:
-    from dataclasses import replace
-
     top = Hit(chunk("h0", "word " * 240, offset=0, age_s=1e6), 1.0)
     short = [Hit(chunk(f"h{i}", f"note {i} " + "note " * 47, offset=i, age_s=1e6), 1.0 - i / 100) for i in range(1, 5)]
 
     def placed(budget: int, packing: str) -> list[str]:
-        w = build(budget, hits=[top, *short], config=replace(CONFIG, packing=packing))  # type: ignore[arg-type]
+        w = build(budget, hits=[top, *short], config=replace(CONFIG, packing=packing,  # type: ignore[arg-type]
+                                                                min_excerpt_tokens=0))
         assert w.used_tokens <= budget
         return [i.chunk.event_id for i in w.sections["retrieved"].items]
 
