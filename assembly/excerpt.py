@@ -16,12 +16,14 @@ Guarantees (pure, no I/O):
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import re
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["CUT_MARK", "excerpt", "query_terms"]
+__all__ = ["CUT_MARK", "Sentences", "excerpt", "query_terms"]
 
 # Marks a cut side: between the text and the cut, so the model reads it as an excerpt.
 CUT_MARK: Final = "…"
@@ -52,6 +54,16 @@ def query_terms(query: str) -> frozenset[str]:
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _terms_pattern(terms: frozenset[str]) -> re.Pattern[str] | None:
+    """Matches the words whose stem is one of ``terms`` (in lower-cased text)."""
+    if not terms:
+        return None
+    # A 6-letter stem stands for every word it begins; a shorter one for itself only.
+    alternatives = sorted((re.escape(t) + (r"[^\W_]*" if len(t) == 6 else "") for t in terms), reverse=True)
+    return re.compile(r"(?<![^\W_])(?:" + "|".join(alternatives) + r")(?![^\W_])")
+
+
 def _sentences(text: str) -> list[tuple[int, int]]:
     """(start, end) of each non-blank sentence; the whitespace between them is left out."""
     spans: list[tuple[int, int]] = []
@@ -70,41 +82,71 @@ def excerpt(text: str, terms: frozenset[str], max_tokens: int, count: Callable[[
     in at most ``max_tokens``; the text itself when it fits whole."""
     if count(text) <= max_tokens:
         return text
-    spans = _sentences(text)
-    if not spans:
-        return None
-    words = [{_stem(w) for w in _WORD.findall(text[a:b].lower())} for a, b in spans]
-    # A term found in few of the text's sentences tells them apart; one in all of them does not.
-    seen = {t: sum(t in ws for ws in words) for t in terms}
-    weight = {t: math.log(1 + len(spans) / n) for t, n in seen.items() if n}
-    scores = [sum(weight.get(t, 0.0) for t in ws & terms) for ws in words]
-    best = max(range(len(spans)), key=lambda i: (scores[i], -i))
-    if scores[best] == 0.0:
-        best = 0  # nothing matches: a reply's opening usually says what it is about
-    cost = [count(text[a:b]) for a, b in spans]
-    mark = count(CUT_MARK) + 1  # the mark and the space beside it
+    return Sentences(text, terms, count).cut(max_tokens)
 
-    def total(lo: int, hi: int) -> int:
+
+class Sentences:
+    """A text's sentences scored for a query, ready to be cut at any limit (a window may
+    try one item at several limits: the analysis is done once)."""
+
+    def __init__(self, text: str, terms: frozenset[str], count: Callable[[str], int]) -> None:
+        self.text = text
+        self.count = count
+        self.spans = spans = _sentences(text)
+        # Which terms each sentence holds: one scan of the text for all of them (a window
+        # cuts a few long items out of a hundred candidates, on the request's path).
+        found: list[set[str]] = [set() for _ in spans]
+        pattern = _terms_pattern(terms)
+        if pattern is not None and spans:
+            starts = [a for a, _ in spans]
+            for m in pattern.finditer(text.lower()):
+                at = bisect.bisect_right(starts, m.start()) - 1
+                if at >= 0 and m.start() < spans[at][1]:
+                    found[at].add(_stem(m.group()))
+        # A term found in few of the text's sentences tells them apart; one in all of them does not.
+        seen = {t: sum(t in ws for ws in found) for t in terms}
+        weight = {t: math.log(1 + len(spans) / n) for t, n in seen.items() if n}
+        self.scores = [sum(weight[t] for t in ws) for ws in found]
+        self._cost: list[int | None] = [None] * len(spans)  # counted when first needed
+        self.mark = count(CUT_MARK) + 1  # the mark and the space beside it
+
+    def _sentence_cost(self, i: int) -> int:
+        got = self._cost[i]
+        if got is None:
+            a, b = self.spans[i]
+            got = self._cost[i] = self.count(self.text[a:b])
+        return got
+
+    def _total(self, lo: int, hi: int) -> int:
         # Sentences joined by one whitespace run each: additive, plus one per seam at most.
-        return sum(cost[lo : hi + 1]) + (hi - lo) + (mark if lo > 0 else 0) + (mark if hi < len(spans) - 1 else 0)
+        marks = (self.mark if lo > 0 else 0) + (self.mark if hi < len(self.spans) - 1 else 0)
+        return sum(self._sentence_cost(i) for i in range(lo, hi + 1)) + (hi - lo) + marks
 
-    lo = hi = best
-    if total(lo, hi) > max_tokens:
-        return _head(text[spans[best][0] : spans[best][1]], best > 0, max_tokens, count)
-    while True:
-        # Grow towards the better-scoring neighbour; on a tie, forward (an answer follows
-        # the sentence that names its subject more often than it precedes it).
-        options = []
-        if hi + 1 < len(spans) and total(lo, hi + 1) <= max_tokens:
-            options.append((scores[hi + 1], 1, lo, hi + 1))
-        if lo > 0 and total(lo - 1, hi) <= max_tokens:
-            options.append((scores[lo - 1], 0, lo - 1, hi))
-        if not options:
-            break
-        _, _, lo, hi = max(options)
-    out = (CUT_MARK + " " if lo > 0 else "") + text[spans[lo][0] : spans[hi][1]]
-    out += " " + CUT_MARK if hi < len(spans) - 1 else ""
-    return out if count(out) <= max_tokens else None
+    def cut(self, max_tokens: int) -> str | None:
+        """The excerpt in at most ``max_tokens`` (the text is known not to fit whole)."""
+        spans, scores, text = self.spans, self.scores, self.text
+        if not spans:
+            return None
+        best = max(range(len(spans)), key=lambda i: (scores[i], -i))
+        if scores[best] == 0.0:
+            best = 0  # nothing matches: a reply's opening usually says what it is about
+        lo = hi = best
+        if self._total(lo, hi) > max_tokens:
+            return _head(text[spans[best][0] : spans[best][1]], best > 0, max_tokens, self.count)
+        while True:
+            # Grow towards the better-scoring neighbour; on a tie, forward (an answer follows
+            # the sentence that names its subject more often than it precedes it).
+            options = []
+            if hi + 1 < len(spans) and self._total(lo, hi + 1) <= max_tokens:
+                options.append((scores[hi + 1], 1, lo, hi + 1))
+            if lo > 0 and self._total(lo - 1, hi) <= max_tokens:
+                options.append((scores[lo - 1], 0, lo - 1, hi))
+            if not options:
+                break
+            _, _, lo, hi = max(options)
+        out = (CUT_MARK + " " if lo > 0 else "") + text[spans[lo][0] : spans[hi][1]]
+        out += " " + CUT_MARK if hi < len(spans) - 1 else ""
+        return out if self.count(out) <= max_tokens else None
 
 
 def _head(sentence: str, cut_before: bool, max_tokens: int, count: Callable[[str], int]) -> str | None:

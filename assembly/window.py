@@ -57,7 +57,7 @@ from ctxpipe.assembly.anthropic_format import (
     turn_line,
 )
 from ctxpipe.assembly.exceptions import BudgetTooSmallError
-from ctxpipe.assembly.excerpt import excerpt, query_terms
+from ctxpipe.assembly.excerpt import Sentences, query_terms
 from ctxpipe.assembly.models import SECTION_ORDER, SectionName
 from ctxpipe.processors.tokens import LocalTokenCounter, TokenCounter, truncate_to_tokens
 from ctxpipe.processors.types import Chunk
@@ -302,6 +302,9 @@ def build_window(
         if recent_state is not None:
             sections["recent"].items = recent_state.placed_items()
         window = _render(budget_tokens, sections, omitted, notes, config, query_text, summary, count, note_level)
+    # An excerpt left out the rest of its item: said in `omitted`, as a cut tool result is.
+    window.omitted.extend(Omission(i.chunk.event_id, "retrieved", "truncated")
+                          for i in sections["retrieved"].items if i.truncated)
     return window
 
 
@@ -556,7 +559,9 @@ def _fill_retrieved(
     # Each hit's cost and transcript day, worked out once for both packings.
     memo: dict[str, tuple[int, date | None]] = {}
     cuts: dict[tuple[str, int], tuple[str, int] | None] = {}
-    packing = _Packing(section.budget_tokens, config, count, placed_events, companions, memo, terms, cuts)
+    sentences: dict[str, Sentences] = {}
+    packing = _Packing(section.budget_tokens, config, count, placed_events, companions, memo, terms, cuts,
+                       sentences)
     packing.pack([(s, h, r) for r, (s, h) in enumerate(ranked)], defer=True)
     if config.packing == "value" and ranked:
         # Greedy by value per token: a window takes the few short turns that carry as much
@@ -564,7 +569,8 @@ def _fill_retrieved(
         # wins when the top hit is worth more than what fits beside it). The prior 1/(r + 2)
         # follows how evidence thins out down a hybrid ranking (dev: ~0.53, 0.34, 0.17,
         # 0.14 of questions have an evidence turn at ranks 0-3).
-        dense = _Packing(section.budget_tokens, config, count, placed_events, companions, memo, terms, cuts)
+        dense = _Packing(section.budget_tokens, config, count, placed_events, companions, memo, terms, cuts,
+                         sentences)
         costs = [dense.cost_and_day(h.chunk)[0] for _, h in ranked]
         order = sorted(range(len(ranked)), key=lambda r: (-1 / ((r + config.rank_prior) * max(1, costs[r])), r))
         # Items too big for their share wait here too: at 512 tokens the top hits are often
@@ -589,10 +595,12 @@ class _Packing:
         memo: dict[str, tuple[int, date | None]],
         terms: frozenset[str],
         cuts: dict[tuple[str, int], tuple[str, int] | None],
+        sentences: dict[str, Sentences],
     ) -> None:
         self.memo = memo
         self.terms = terms
         self.cuts = cuts
+        self.sentences = sentences
         self.budget = budget
         self.config = config
         self.count = count
@@ -671,7 +679,11 @@ class _Packing:
             return None
         key = (c.chunk_id, limit)
         if key not in self.cuts:
-            text = excerpt(c.text, self.terms, limit, self.count)
+            # The text is known not to fit whole (its cost is over the room).
+            sentences = self.sentences.get(c.chunk_id)
+            if sentences is None:
+                sentences = self.sentences[c.chunk_id] = Sentences(c.text, self.terms, self.count)
+            text = sentences.cut(limit)
             self.cuts[key] = None if text is None or text == c.text else (text, self.count(text) + 1)
         return self.cuts[key]
 

@@ -54,7 +54,8 @@ from ctxpipe.assembly.api import create_api  # noqa: E402
 from ctxpipe.assembly.retrieval import DEFAULT_RETRIEVAL, Retriever  # noqa: E402
 from ctxpipe.assembly.service import AssemblyService  # noqa: E402
 from ctxpipe.app.runtime import Runtime, open_runtime  # noqa: E402
-from ctxpipe.core.settings import AssemblySettings, Settings  # noqa: E402
+from ctxpipe.app.interpreter import tuned_interpreter  # noqa: E402
+from ctxpipe.core.settings import AssemblySettings, InterpreterSettings, Settings  # noqa: E402
 from ctxpipe.infra.stack import Stack  # noqa: E402
 from ctxpipe.processors.tokens import LocalTokenCounter  # noqa: E402
 from ctxpipe.streams.publisher import Publisher  # noqa: E402
@@ -416,13 +417,16 @@ async def main() -> None:
                          "'big=retrieved_max_item_share:0.34' (AssemblySettings fields)")
     ap.add_argument("--merge", type=int, default=1,
                     help="put this many users' sessions in one scope (bigger scopes, e.g. 2: ~500 turns)")
+    ap.add_argument("--tune", action="store_true",
+                    help="tune the interpreter while evaluating, as `ctxpipe serve` does with "
+                         "CTX_INTERPRETER__TUNE=true (gc freeze: the p99 is otherwise a full collection)")
     ap.add_argument("--dump", help="write one JSON line per (question, budget, variant) here, for diagnosis")
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     users = load(args.split, args.users, args.merge)
     questions = sum(len(u.questions) for u in users)
     total = len([u for u in range(USERS) if (u % 2 == 0) == (args.split == "dev")])
-    print(f"split {args.split}: {len(users)} of its {total} users, {questions} questions, "
+    print(f"split {args.split}: {min(args.users, total)} of its {total} users, {questions} questions, "
           f"{sum(len(u.turns) for u in users)} turns in {len(users)} scopes "
           f"(subsampled: --users {args.users}, --merge {args.merge})")
     variants: dict[str, dict[str, Any]] = {"service": {}}
@@ -446,8 +450,10 @@ async def main() -> None:
                 async with serving(rt) as (client, service):
                     t0 = time.perf_counter()
                     dump = open(args.dump, "wb") if args.dump else None  # noqa: SIM115
+                    tune = InterpreterSettings(tune=args.tune)
                     try:
-                        results, sections = await evaluate(rt, client, service, users, budgets, variants, dump)
+                        with tuned_interpreter(tune):
+                            results, sections = await evaluate(rt, client, service, users, budgets, variants, dump)
                     finally:
                         if dump is not None:
                             dump.close()

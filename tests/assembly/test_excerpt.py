@@ -76,6 +76,7 @@ def test_a_long_hit_too_big_for_a_small_window_is_placed_as_its_matching_excerpt
     assert items["r"].truncated and "pastel de nata" in items["r"].text and len(items["r"].text) < len(REPLY)
     assert items["r"].tokens <= 0.15 * w.sections["retrieved"].budget_tokens
     assert not items["o"].truncated
+    assert ("r", "retrieved", "truncated") in w.omitted  # what the excerpt left out is said
     # What is sent is the excerpt, and the window's count is exact for it.
     sent = "".join(str(m) for m in w.layout.messages_payload())
     assert items["r"].text in sent and text not in sent
