@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 
 import faust
 from faust.contrib.asgi import faust_app_running
+from faust.transport.consumer import Consumer
 
 from ctxpipe.core.settings import KafkaSettings
 from ctxpipe.streams.ingest import BatchResult
@@ -100,7 +101,9 @@ def create_app(settings: KafkaSettings, pipeline: BatchProcessor, datadir: Path)
                 # Faust's stop and rebalance wait until every message taken is acked, and
                 # these never will be (an ack would commit past them): they are let go of
                 # unacked, so the worker can stop, and no committed offset moves past them.
-                app.consumer._unacked_messages.difference_update(ev.message for ev in events)
+                consumer = cast(Consumer, app.consumer)  # the attribute is not on the protocol
+                for ev in events:
+                    consumer._unacked_messages.discard(ev.message)
                 raise
             for ev in events:
                 await stream.ack(ev)
