@@ -213,7 +213,7 @@ class AssemblySettings(_Group):
     # fit (0: retrieved items are placed whole or not at all). Real conversations, dev:
     # docs/context_quality.md ("Excerpts").
     retrieved_min_excerpt_tokens: int = Field(default=24, ge=0, le=100_000)
-    retrieved_max_excerpt_share: float = Field(default=0.15, gt=0, le=1)
+    retrieved_max_excerpt_share: float = Field(default=0.1, gt=0, le=1)
     # One tool result in the recent turns is cut to this many tokens (with a note).
     max_tool_result_tokens: int = Field(default=512, ge=16)
     recent_fetch_limit: int = Field(default=200, gt=0)
