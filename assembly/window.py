@@ -670,7 +670,6 @@ class _Packing:
         for companion in self.companions.get(c.event_id, ()):
             self.place(score, companion, None, big)
 
-
     def _cut(self, c: Chunk, framing: int, room: float) -> tuple[str, int] | None:
         """The excerpt of ``c`` that fits ``room`` tokens with its ``framing``, and its
         text's count; None when less than ``min_excerpt_tokens`` of it would fit."""
