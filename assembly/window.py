@@ -556,12 +556,8 @@ def _fill_retrieved(
     # Companions never compete on their own: one that outranked the next hits would fill a
     # small window with turns that only complete hits that did not fit.
     ranked = rank_hits([h for h in hits if h.anchor is None], config, now)
-    # Each hit's cost and transcript day, worked out once for both packings.
-    memo: dict[str, tuple[int, date | None]] = {}
-    cuts: dict[tuple[str, int], tuple[str, int] | None] = {}
-    sentences: dict[str, Sentences] = {}
-    packing = _Packing(section.budget_tokens, config, count, placed_events, companions, memo, terms, cuts,
-                       sentences)
+    shared = _PackingMemo(terms)
+    packing = _Packing(section.budget_tokens, config, count, placed_events, companions, shared)
     packing.pack([(s, h, r) for r, (s, h) in enumerate(ranked)], defer=True)
     if config.packing == "value" and ranked:
         # Greedy by value per token: a window takes the few short turns that carry as much
@@ -569,8 +565,7 @@ def _fill_retrieved(
         # wins when the top hit is worth more than what fits beside it). The prior 1/(r + 2)
         # follows how evidence thins out down a hybrid ranking (dev: ~0.53, 0.34, 0.17,
         # 0.14 of questions have an evidence turn at ranks 0-3).
-        dense = _Packing(section.budget_tokens, config, count, placed_events, companions, memo, terms, cuts,
-                         sentences)
+        dense = _Packing(section.budget_tokens, config, count, placed_events, companions, shared)
         costs = [dense.cost_and_day(h.chunk)[0] for _, h in ranked]
         order = sorted(range(len(ranked)), key=lambda r: (-1 / ((r + config.rank_prior) * max(1, costs[r])), r))
         # Items too big for their share wait here too: at 512 tokens the top hits are often
@@ -580,6 +575,18 @@ def _fill_retrieved(
             packing = dense
     section.items = packing.items
     section.used_tokens = packing.used
+
+
+@dataclass(slots=True)
+class _PackingMemo:
+    """What both packings of one retrieved section work out once and share."""
+
+    terms: frozenset[str]  # the query's, for excerpts
+    # Each hit's cost and transcript day, by chunk id.
+    costs: dict[str, tuple[int, date | None]] = field(default_factory=dict)
+    # A long hit's sentences, by chunk id, and its excerpts (text, count) by (chunk id, limit).
+    sentences: dict[str, Sentences] = field(default_factory=dict)
+    cuts: dict[tuple[str, int], tuple[str, int] | None] = field(default_factory=dict)
 
 
 class _Packing:
@@ -592,15 +599,9 @@ class _Packing:
         count: _MemoCounter,
         placed_events: set[str],
         companions: Mapping[str, Sequence[Hit]],
-        memo: dict[str, tuple[int, date | None]],
-        terms: frozenset[str],
-        cuts: dict[tuple[str, int], tuple[str, int] | None],
-        sentences: dict[str, Sentences],
+        memo: _PackingMemo,
     ) -> None:
         self.memo = memo
-        self.terms = terms
-        self.cuts = cuts
-        self.sentences = sentences
         self.budget = budget
         self.config = config
         self.count = count
@@ -617,9 +618,9 @@ class _Packing:
         self.deferred: list[tuple[float, Hit, int | None]] = []
 
     def cost_and_day(self, c: Chunk) -> tuple[int, date | None]:
-        got = self.memo.get(c.chunk_id)
+        got = self.memo.costs.get(c.chunk_id)
         if got is None:
-            got = self.memo[c.chunk_id] = (chunk_cost(c, self.config, self.count), _transcript_day(c, self.config))
+            got = self.memo.costs[c.chunk_id] = (chunk_cost(c, self.config, self.count), _transcript_day(c, self.config))
         return got
 
     def pack(self, order: Sequence[tuple[float, Hit, int]], *, defer: bool) -> None:
@@ -676,15 +677,15 @@ class _Packing:
         limit = int(room) - framing - 1  # one for a whitespace seam at the cut text's edge
         if self.config.min_excerpt_tokens <= 0 or limit < self.config.min_excerpt_tokens:
             return None
-        key = (c.chunk_id, limit)
-        if key not in self.cuts:
+        key, memo = (c.chunk_id, limit), self.memo
+        if key not in memo.cuts:
             # The text is known not to fit whole (its cost is over the room).
-            sentences = self.sentences.get(c.chunk_id)
+            sentences = memo.sentences.get(c.chunk_id)
             if sentences is None:
-                sentences = self.sentences[c.chunk_id] = Sentences(c.text, self.terms, self.count)
+                sentences = memo.sentences[c.chunk_id] = Sentences(c.text, memo.terms, self.count)
             text = sentences.cut(limit)
-            self.cuts[key] = None if text is None or text == c.text else (text, self.count(text) + 1)
-        return self.cuts[key]
+            memo.cuts[key] = None if text is None or text == c.text else (text, self.count(text) + 1)
+        return memo.cuts[key]
 
 
 def _transcript_day(c: Chunk, config: WindowConfig) -> date | None:

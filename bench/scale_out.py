@@ -41,7 +41,7 @@ from benchkit import isolated_settings, make_messages, remove_run  # noqa: E402
 from ctxpipe.core.settings import Settings, to_env  # noqa: E402
 from ctxpipe.infra.qdrant_server import QdrantServer, qdrant_binary  # noqa: E402
 from ctxpipe.infra.stack import Stack  # noqa: E402
-from ctxpipe.infra.testing import free_port, wait_for_topics  # noqa: E402
+from ctxpipe.infra.testing import free_port, stable_group_members, wait_for_topics  # noqa: E402
 from ctxpipe.storage.hot import HotStore  # noqa: E402
 from ctxpipe.streams.publisher import Publisher  # noqa: E402
 
@@ -82,14 +82,7 @@ async def _topics(settings: Settings) -> None:
 async def _stable(settings: Settings, members: int, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-        await admin.start()
-        try:
-            (described,) = await admin.describe_consumer_groups([settings.kafka.consumer_group])
-        finally:
-            await admin.close()
-        (group,) = described.groups
-        if group[2] == "Stable" and len(group[5]) == members:
+        if await stable_group_members(settings.kafka) == members:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"the worker group never had {members} stable members")

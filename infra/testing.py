@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ctxpipe.core.settings import Settings
+from ctxpipe.core.settings import KafkaSettings, Settings
 from ctxpipe.infra.exceptions import StackError
 from ctxpipe.infra.settings import StackSettings
 from ctxpipe.infra.stack import Stack
@@ -75,3 +75,19 @@ async def wait_for_topics(admin: Any, topics: list[str], partitions: int, timeou
         if loop.time() >= deadline:
             raise StackError(f"topics {topics} had no partition leaders after {timeout_s:.0f}s")
         await asyncio.sleep(0.1)
+
+
+async def stable_group_members(ks: KafkaSettings) -> int:
+    """Members of the consumer group ``ks.consumer_group`` once it is stable (0 while it
+    rebalances or does not exist yet)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=ks.bootstrap_servers)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_consumer_groups([ks.consumer_group])
+    finally:
+        await admin.close()
+    (group,) = described.groups
+    state, members = group[2], group[5]
+    return len(members) if state == "Stable" else 0

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ctxpipe.core.settings import Settings, to_env
 from ctxpipe.infra.qdrant_server import QdrantServer, qdrant_binary
-from ctxpipe.infra.testing import check_created, free_port, wait_for_topics
+from ctxpipe.infra.testing import check_created, free_port, stable_group_members, wait_for_topics
 from ctxpipe.storage.cold import ColdStore
 from ctxpipe.storage.hot import HotStore
 from ctxpipe.storage.semantic import open_semantic_store
@@ -93,19 +93,6 @@ class _Process:
 
     def tail(self) -> str:
         return f"--- {self.name}\n{self.log.read_text()[-2500:]}"
-
-
-async def _stable_members(settings: Settings) -> int:
-    """Members of the worker group once it is stable (0 while it rebalances)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_consumer_groups([settings.kafka.consumer_group])
-    finally:
-        await admin.close()
-    (group,) = described.groups
-    state, members = group[2], group[5]
-    return len(members) if state == "Stable" else 0
 
 
 async def _wait_healthy(client: httpx.AsyncClient, url: str, procs: list[_Process], timeout_s: float) -> None:
@@ -179,7 +166,7 @@ async def test_two_workers_and_two_apis_survive_a_kill_each(
                     await asyncio.sleep(0.05)
 
             deadline = time.monotonic() + 180
-            while await _stable_members(settings) != 2:  # both workers hold partitions
+            while await stable_group_members(settings.kafka) != 2:  # both workers hold partitions
                 if time.monotonic() > deadline:
                     pytest.fail("the workers never formed one group:\n" + "\n".join(p.tail() for p in workers))
                 await asyncio.sleep(0.5)
