@@ -83,7 +83,22 @@ async def _serve_api(settings: Settings, runtime: Runtime, demo: bool) -> None:
             print(f"\nThe service keeps running on {base} (Ctrl-C stops it; `make stop` then stops the stack).",
                   flush=True)
     with tuned_interpreter(settings.interpreter):
-        await task
+        await serve_until_agent_fails(server, task, runtime)
+
+
+async def serve_until_agent_fails(server: uvicorn.Server, task: asyncio.Task[None], runtime: Runtime) -> None:
+    """Await the API server's ``task``; if the in-process ingest agent crashes first, stop the
+    server and raise, so ``serve`` exits non-zero as ``ctxpipe worker`` does. A process that
+    keeps answering while it ingests nothing would hide the outage from its supervisor, and a
+    restart resumes from the committed offsets (the failed batch was never committed)."""
+    while not task.done():
+        if runtime.app is not None and (failure := agent_failure(runtime.app)) is not None:
+            log.error("ingest agent crashed (%r): stopping the API", failure)
+            server.should_exit = True
+            await task
+            raise RuntimeError(f"ingest agent crashed: {failure!r}") from failure
+        await asyncio.wait({task}, timeout=1.0)
+    await task
 
 
 def serve_forever(settings: Settings, *, demo: bool = False, worker: bool = True) -> None:
