@@ -17,7 +17,9 @@ long multi-session conversations need (``bench/assembly_quality.py`` measures it
   words, "your asylum application", while the user's own turn holds the facts). These
   come as *companions* anchored to their hit: the window places one only right after its
   hit (ranked by their own score they filled small windows with turns whose hit, a long
-  reply, did not fit: dev 512 0.613 -> see docs/context_quality.md);
+  reply, did not fit: dev 512 0.613 -> see docs/context_quality.md), and only when it
+  costs no more than its hit (on real conversations the long replies to top questions
+  took ~130 tokens of a 1k window and held no evidence);
 * **recency for "latest value" questions**: when the query asks for a current state
   ("now", "current", "latest", ...), newer candidates gain (a changed fact is stated
   again later, in nearly the same words as the stale one).

@@ -632,7 +632,10 @@ class _Packing:
         for score, hit, later in self.deferred:  # placing these defers nothing (no appends)
             self.place(score, hit, later, math.inf)
 
-    def place(self, score: float, hit: Hit, rank: int | None, big: float) -> None:
+    def place(self, score: float, hit: Hit, rank: int | None, big: float, cap: float = math.inf) -> None:
+        """Place ``hit`` (at ``rank``; None: a companion) if it fits: whole, or (not a
+        companion) as an excerpt when it is bigger than ``big`` or the room left; ``cap``
+        bounds a companion's cost."""
         c = hit.chunk
         # Once per event: the best-ranked chunk of an event stands for it.
         if c.event_id in self.seen_events or c.event_id in self.placed_events:
@@ -646,13 +649,13 @@ class _Packing:
         header = self.header if not self.items else 0
         text, truncated = c.text, False
         room = min(big, self.budget - self.used - header)
-        if cost > room:
+        if cost > room and hit.anchor is None:  # a companion goes whole or not at all
             limit = min(room, self.config.max_excerpt_share * self.budget)
             if (excerpted := self._cut(c, cost - base, limit)) is not None:
                 text, truncated = excerpted[0], True
                 cost = cost - base + excerpted[1]
         extra = cost + header
-        if self.used + extra > self.budget:
+        if self.used + extra > self.budget or cost > cap:
             return  # a smaller hit further down may still fit
         if cost > big:
             self.deferred.append((score, hit, rank))
@@ -668,8 +671,11 @@ class _Packing:
         self.used += extra
         if rank is not None:
             self.value += 1 / (rank + self.config.rank_prior)
+        # A companion completes its hit and is worth nothing of its own, so it may not cost
+        # more than the hit: on real conversations the long reply to a top-ranked question
+        # took ~130 of a 1k window's tokens and held none of the evidence (docs/context_quality.md).
         for companion in self.companions.get(c.event_id, ()):
-            self.place(score, companion, None, big)
+            self.place(score, companion, None, big, cap=cost)
 
     def _cut(self, c: Chunk, framing: int, room: float) -> tuple[str, int] | None:
         """The excerpt of ``c`` that fits ``room`` tokens with its ``framing``, and its

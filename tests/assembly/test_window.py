@@ -400,6 +400,23 @@ def test_a_companion_is_placed_only_right_after_its_hit() -> None:
     assert [i.chunk.event_id for i in both.sections["retrieved"].items] == ["p", "o"]
 
 
+def test_a_companion_never_costs_more_than_its_hit() -> None:
+    question = Hit(chunk("q", "Which hotel did you suggest for Lisbon?", offset=1), 0.9)
+    essay = "There are many good hotels in Lisbon, depending on what you like. " * 12
+    long_reply = Hit(chunk("a", essay, role=Role.ASSISTANT, offset=2), 0.9, anchor="q")
+    short_reply = Hit(chunk("s", "The Memmo Alfama.", role=Role.ASSISTANT, offset=2), 0.9, anchor="q")
+    other = Hit(chunk("o", "My sister lives in Porto.", offset=5), 0.5)
+    for config in (CONFIG, replace(CONFIG, min_excerpt_tokens=0)):
+        # A reply that costs more than its question stays out, whole and as an excerpt,
+        # even with room for it: it is worth nothing of its own.
+        w = build(MIN_BUDGET + 900, hits=[question, long_reply, other], config=config)
+        assert [i.chunk.event_id for i in w.sections["retrieved"].items] == ["q", "o"]
+        assert ("a", "retrieved", "budget") in w.omitted
+        # A short reply (the answer itself) still comes right after its question.
+        w = build(MIN_BUDGET + 900, hits=[question, short_reply, other], config=config)
+        assert [i.chunk.event_id for i in w.sections["retrieved"].items] == ["q", "s", "o"]
+
+
 def test_value_packing_prefers_short_hits_only_when_they_are_worth_more() -> None:
     top = Hit(chunk("h0", "word " * 240, offset=0, age_s=1e6), 1.0)
     short = [Hit(chunk(f"h{i}", f"note {i} " + "note " * 47, offset=i, age_s=1e6), 1.0 - i / 100) for i in range(1, 5)]
