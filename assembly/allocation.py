@@ -4,7 +4,8 @@ Measured on real conversations (``bench/real_quality.py``), the evidence a quest
 sits in retrieved turns, almost never in the newest turns or in the offline (extractive)
 summary. So by default:
 
-* recent turns get a floor for continuity, the newest exchange, and more (up to their
+* recent turns get a floor for continuity, the newest exchange (none when the conversation
+  has been idle for a while: the window checks the turns' age), and more (up to their
   share) only when the query refers to the ongoing conversation ("as you just said",
   "continue", a short "why is that?");
 * a summary whose method is not trusted to carry what retrieval cannot (the offline

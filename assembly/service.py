@@ -423,6 +423,7 @@ class AssemblyService:
             max_tokens=p.caps,
             fill_order=p.fill_order,
             recent_max_exchanges=p.recent_max_exchanges,
+            recent_idle_after_s=c.recent_idle_after_s,
             max_tool_result_tokens=c.max_tool_result_tokens,
             recency_weight=c.recency_weight,
             recency_half_life_s=c.recency_half_life_s,

@@ -109,6 +109,9 @@ class WindowConfig:
     # At most this many of the newest exchanges in the first pass over the recent section
     # (None: as many as its share allows). Budget left at the end still adds older ones.
     recent_max_exchanges: int | None = None
+    # When the newest turn (the query aside) is older than this, the conversation is not
+    # going on: that limit is 0 (None: never). Budget left at the end still adds turns.
+    recent_idle_after_s: float | None = None
     # Retrieved items costing more than this part of the retrieved section are placed only
     # after every smaller candidate had its turn (1.0: rank order alone).
     max_item_share: float = 1.0
@@ -262,7 +265,12 @@ def build_window(
             _fill_summary(section, summary, counter, count, omitted, notes, whole_only=late)
         elif name == "recent":
             recent_state = _RecentState.build(recent, query_text, config, counter, count)
-            recent_state.fill(section, budget, placed_events, limit=config.recent_max_exchanges)
+            limit = config.recent_max_exchanges
+            if limit is not None and recent_state.idle(now, config.recent_idle_after_s):
+                # A conversation that ended hours ago has no "last exchange" to continue:
+                # on real multi-session talk it never held the evidence (4k: ~700 tokens).
+                limit = 0
+            recent_state.fill(section, budget, placed_events, limit=limit)
         else:
             _fill_retrieved(section, hits, config, count, placed_events, now, query_terms(query_text))
         remaining -= section.used_tokens
@@ -439,6 +447,13 @@ class _RecentState:
             else:
                 exchanges[-1].append(turn)
         return cls(exchanges)
+
+    def idle(self, now: datetime, after_s: float | None) -> bool:
+        """Whether the newest turn is older than ``after_s`` (False with no turns or None)."""
+        if after_s is None or not self.exchanges:
+            return False
+        newest = max(c.occurred_at for t in self.exchanges[-1] for c in t.chunks)
+        return (now - newest).total_seconds() > after_s
 
     def fill(self, section: SectionResult, budget: int, placed_events: set[str], limit: int | None = None) -> None:
         while self.taken < len(self.exchanges) and (limit is None or self.taken < limit):

@@ -197,6 +197,11 @@ class AssemblySettings(_Group):
     # None: the whole share, as before. On real conversations the evidence was almost never
     # in the recent turns.
     recent_floor_exchanges: int | None = Field(default=1, ge=0)
+    # ...and none of them when the newest turn (the query aside) is older than this: the
+    # conversation is not going on (the usual 30 minutes of inactivity that end a session).
+    # A follow-up ("why is that?") or a request's own recent share still gets its turns.
+    # None: the floor whatever their age.
+    recent_idle_after_s: float | None = Field(default=1800.0, gt=0)
     # Summaries made by these methods fill before retrieval (up to summary_share); others
     # (the offline extractive one) only get what retrieval leaves: on real conversations
     # it held none of the evidence. ["claude", "extractive"]: both lead, as before.

@@ -316,6 +316,25 @@ def test_recent_floor_keeps_the_newest_exchange_then_leftovers_add_older_ones() 
     assert not tight.sections["recent"].items and tight.used_tokens <= 1000
 
 
+def test_an_idle_conversation_gets_no_recent_floor() -> None:
+    recent = conversation(8, words=10)  # the newest turn is 985 s old
+    many = [_doc(f"d{i}", f"reference {i} " * 2, 0.9 - i / 1000) for i in range(300)]
+    live = build(1500, recent=recent, hits=many, config=replace(_LATE_SUMMARY, recent_idle_after_s=1800))
+    assert [i.chunk.event_id for i in live.sections["recent"].items] == ["m14", "m15"]
+    # Past the idle limit the newest exchange gets no room up front: retrieval takes it.
+    idle = build(1500, recent=recent, hits=many, config=replace(_LATE_SUMMARY, recent_idle_after_s=600))
+    assert not idle.sections["recent"].items
+    assert len(idle.sections["retrieved"].items) > len(live.sections["retrieved"].items)
+    assert {o.event_id for o in idle.omitted if o.reason == "history_cut"} == {f"m{i}" for i in range(16)}
+    # ...but budget retrieval leaves still goes to it, and a follow-up lifts the floor anyway
+    # (the plan then sets no limit, so idleness does not apply).
+    alone = build(1500, recent=recent, config=replace(_LATE_SUMMARY, recent_idle_after_s=600))
+    assert len(alone.sections["recent"].items) == 16
+    lifted = build(1500, recent=recent, hits=many,
+                   config=replace(_LATE_SUMMARY, recent_idle_after_s=600, recent_max_exchanges=None))
+    assert len(lifted.sections["recent"].items) > 2
+
+
 def test_fill_order_must_name_sections_once() -> None:
     bad = WindowConfig(system_prompt="x", shares=CONFIG.shares, fill_order=("recent", "recent"))
     with pytest.raises(ValueError, match="fill_order"):
