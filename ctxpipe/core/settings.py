@@ -210,8 +210,10 @@ class AssemblySettings(_Group):
     # every smaller candidate had its turn (1.0: rank order alone). On real conversations
     # (bench/real_quality.py, dev) one long assistant reply otherwise fills a 512 window:
     # 0.43 -> 0.62 of the evidence at 512, the same at 2k/4k; it costs questions whose
-    # evidence is a long reply (single-session-assistant 0.57 -> 0.29 at 512).
-    retrieved_max_item_share: float = Field(default=0.34, gt=0, le=1)
+    # evidence is a long reply (single-session-assistant 0.57 -> 0.29 at 512). 0.25 rather
+    # than 0.34 since excerpts and the companion cap: 0.612 -> 0.677 at 512 on all 20 dev
+    # users, the same at 1k-4k (docs/context_quality.md).
+    retrieved_max_item_share: float = Field(default=0.25, gt=0, le=1)
     # Such an item (or one bigger than the room left) is placed at its rank as an excerpt:
     # its sentences that match the query, marked with an ellipsis, at most
     # retrieved_max_excerpt_share of the section, when at least retrieved_min_excerpt_tokens

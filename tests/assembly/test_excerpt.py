@@ -67,7 +67,7 @@ def test_a_long_hit_too_big_for_a_small_window_is_placed_as_its_matching_excerpt
     text = " ".join([REPLY] * 4)
     long_reply = Hit(chunk("r", text, role=Role.ASSISTANT, offset=1), 0.9)
     other = Hit(chunk("o", "My sister lives in Porto.", offset=5), 0.5)
-    # Items bigger than 0.34 of the section (the service's default) are cut, here to 0.15 of it.
+    # Items bigger than 0.34 of the section are cut, here to 0.15 of it.
     config = replace(CONFIG, max_item_share=0.34, max_excerpt_share=0.15)
     w = build(260, hits=[long_reply, other], config=config,
               query="Which bakery did you recommend for pastel de nata?")
