@@ -677,13 +677,21 @@ class HotStore(_RedisOwner):
         self, topic: str, positions: Iterable[tuple[int, int]], *, timeout_s: float, poll_s: float = 0.02
     ) -> None:
         """Until every (partition, offset) is recorded as applied on ``topic``; raises
-        TimeoutError after ``timeout_s`` (publishers waiting for their own writes)."""
+        TimeoutError after ``timeout_s`` (publishers waiting for their own writes). Redis
+        unreachable for a moment (a restart: the first command on a pooled connection it
+        closed fails) is waited through; still unreachable at the deadline, it raises."""
         want: dict[int, int] = {}
         for partition, offset in positions:
             want[partition] = max(want.get(partition, -1), offset)
         deadline = time.monotonic() + timeout_s
         while True:
-            got = await self.applied_offsets(topic=topic)
+            try:
+                got = await self.applied_offsets(topic=topic)
+            except StorageUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(max(poll_s, 0.1))
+                continue
             if all(got.get(p, -1) >= o for p, o in want.items()):
                 return
             if time.monotonic() > deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -230,3 +231,29 @@ async def test_unreachable_redis_is_retriable() -> None:
         with pytest.raises(StorageUnavailableError) as info:
             await store.recent("t", "s")
     assert info.value.retriable and info.value.tier == "hot" and info.value.operation == "recent"
+
+
+async def test_waiting_for_applied_offsets_outlasts_a_brief_outage(hot: HotStore,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    await hot.set_applied_offsets({0: 10}, topic="events")
+    real = hot.applied_offsets
+    failures = 2
+
+    async def restarting(*, topic: str) -> dict[int, int]:  # Redis restarting: two refusals
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise StorageUnavailableError("closed", tier="hot", operation="applied_offsets")
+        return await real(topic=topic)
+
+    monkeypatch.setattr(hot, "applied_offsets", restarting)
+    await hot.wait_applied("events", [(0, 10)], timeout_s=5)
+    assert failures == 0
+
+
+async def test_waiting_for_applied_offsets_gives_up_on_redis_down_at_the_deadline() -> None:
+    async with HotStore(RedisSettings(url="redis://127.0.0.1:1/0")) as store:
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError):
+            await store.wait_applied("events", [(0, 1)], timeout_s=0.3)
+        assert time.monotonic() - started >= 0.3
