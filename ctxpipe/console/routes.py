@@ -378,7 +378,7 @@ async def try_submit(request: Request, who: Viewer = Depends(viewer)) -> HTMLRes
 
 async def _login_required(request: Request, exc: Exception) -> Response:
     if request.method == "GET":
-        target = quote(str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""), safe="/?=&")
+        target = quote(str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""), safe="/")  # one query value: ?, = and & escaped
         return RedirectResponse(f"{PREFIX}/login?next={target}", status_code=303)
     return JSONResponse({"detail": str(exc)}, status_code=401)
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -114,7 +115,10 @@ def _login(driver: WebDriver, base: str, key: str) -> None:
     assert "/console/login" in driver.current_url  # keys configured: the console asks first
     driver.find_element(By.ID, "key").send_keys(key)
     driver.find_element(By.ID, "login").click()
-    WebDriverWait(driver, 30).until(lambda d: "/console/windows" in d.current_url)
+    # The login page's own URL carries next=/console/windows, so wait on the path, and on the
+    # page's tenant badge: the URL changes before the new document is parsed.
+    WebDriverWait(driver, 30).until(lambda d: urlsplit(d.current_url).path == "/console/windows"
+                                    and d.find_elements(By.ID, "viewer-tenant"))
 
 
 def _window_row(driver: WebDriver, base: str, trace_id: str) -> bool:
@@ -269,6 +273,11 @@ def test_a_wrong_key_is_refused_and_nothing_is_shown(test_settings: Settings, br
             browser.find_element(By.ID, "partitions")
         with httpx.Client(base_url=srv.base, timeout=30) as http:
             assert http.get("/console/windows").status_code == 303
+            # The page asked for comes back after login whole, its own query included.
+            asked = http.get("/console/windows", params={"tenant": "acme", "degraded": "yes"})
+            assert asked.headers["location"] == "/console/login?next=/console/windows%3Ftenant%3Dacme%26degraded%3Dyes"
+            form = http.get(asked.headers["location"]).text
+            assert 'value="/console/windows?tenant=acme&amp;degraded=yes"' in form
             assert http.post("/console/try", content=b"tenant=acme").status_code == 401
             assert http.get("/console/windows", headers={"X-API-Key": KEYS["acme"]}).status_code == 200
 

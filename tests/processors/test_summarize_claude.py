@@ -147,7 +147,7 @@ async def test_retries_run_out(
 
 
 async def test_timeout_then_success(claude: ClaudeSummarizer, fake_anthropic: FakeAnthropicServer) -> None:
-    fake_anthropic.script(Reply.slow(2.0))  # attempt timeout is 0.5 s
+    fake_anthropic.script(Reply.slow(6.0))  # attempt timeout is 2 s
     result = await claude.summarize(None, TURNS)
     assert result.method == "claude"
     assert result.attempts == 2
