@@ -17,7 +17,7 @@ from abc import abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import orjson
 
@@ -38,13 +38,18 @@ TENANT_SCOPE: Final = "tenant_scope"
 KEYWORD_INDEXES: Final = ("tenant", "scope", TENANT_SCOPE, "source_id", "kind")
 # RRF constant: 60 is the value from the RRF paper; both backends use the same so they rank alike.
 RRF_K: Final = 60
+# How a hybrid search merges its dense and BM25 lists. "rrf": by rank, sum(1 / (k + rank)).
+# "dbsf" (distribution-based score fusion, the engines' own): each list's scores scaled by
+# their mean +- 3 standard deviations, then summed, so a hit far ahead in one signal keeps
+# its lead where RRF gives it one rank's worth.
+Fusion = Literal["rrf", "dbsf"]
 
 
 @dataclass(frozen=True, slots=True)
 class SemanticHit:
     chunk: Chunk
-    # RRF score for hybrid queries, cosine similarity for dense-only ones; only the
-    # order is meaningful across queries.
+    # The fused score (RRF or DBSF) for hybrid queries, cosine similarity for dense-only
+    # ones; only the order is meaningful across queries.
     score: float
     model: str
     # The stored dense vector, for the hits a search asked it for (``vectors_for_top``).
@@ -207,6 +212,7 @@ class SearchSpec:
     # The first this-many hits come with their stored dense vector (backends may ignore it:
     # callers fall back to :meth:`SemanticStore.dense_vectors`).
     vectors_for_top: int = 0
+    fusion: Fusion = "rrf"
 
 
 class SemanticStore(AsyncCloseable):
@@ -246,12 +252,15 @@ class SemanticStore(AsyncCloseable):
         query_text: str,
         limit: int,
         kinds: Sequence[EventKind | str] | None = None,
+        *,
+        fusion: Fusion = "rrf",
     ) -> list[SemanticHit]:
-        """Hybrid search (dense + BM25, RRF-fused) within one tenant and the given scopes.
+        """Hybrid search (dense + BM25, fused by ``fusion``) within one tenant and the given
+        scopes.
 
         An empty ``query_text`` (or one made only of stopwords) falls back to dense only.
         """
-        return await self._search(self._spec(tenant, scopes, vector, query_text, limit, kinds))
+        return await self._search(self._spec(tenant, scopes, vector, query_text, limit, kinds, fusion=fusion))
 
     async def search_batch(
         self,
@@ -262,6 +271,7 @@ class SemanticStore(AsyncCloseable):
         *,
         vectors_for_top: int = 0,
         prefetch_factor: int = 4,
+        fusion: Fusion = "rrf",
     ) -> list[list[SemanticHit]]:
         """Several :meth:`search` es (``(vector, query_text, limit)`` each) over the same
         tenant and scopes, one list of hits per query, in order. A backend may run them as one
@@ -272,7 +282,7 @@ class SemanticStore(AsyncCloseable):
         signal of a hybrid search brings ``prefetch_factor`` times ``limit`` candidates (at
         least 50) to the fusion."""
         specs = [
-            self._spec(tenant, scopes, v, text, limit, None, vectors_for_top, prefetch_factor)
+            self._spec(tenant, scopes, v, text, limit, None, vectors_for_top, prefetch_factor, fusion)
             for v, text, limit in queries
         ]
         return await self._search_batch(specs, known or {})
@@ -287,6 +297,7 @@ class SemanticStore(AsyncCloseable):
         kinds: Sequence[EventKind | str] | None,
         vectors_for_top: int = 0,
         prefetch_factor: int = 4,
+        fusion: Fusion = "rrf",
     ) -> SearchSpec:
         _check_tenant(tenant)
         if isinstance(scopes, str) or not scopes or not all(scopes):
@@ -296,6 +307,8 @@ class SemanticStore(AsyncCloseable):
             raise SemanticQueryError(f"limit must be positive, got {limit}")
         if prefetch_factor < 1:
             raise SemanticQueryError(f"prefetch_factor must be at least 1, got {prefetch_factor}")
+        if fusion not in ("rrf", "dbsf"):
+            raise SemanticQueryError(f"fusion must be 'rrf' or 'dbsf', got {fusion!r}")
         self._check_vector(vector)
         return SearchSpec(
             tenant=tenant,
@@ -306,6 +319,7 @@ class SemanticStore(AsyncCloseable):
             prefetch_limit=max(limit * prefetch_factor, 50),
             kinds=[str(k) for k in kinds] if kinds else None,
             vectors_for_top=vectors_for_top,
+            fusion=fusion,
         )
 
     async def count(self, tenant: str, scope: str | None = None) -> int:

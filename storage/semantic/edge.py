@@ -88,7 +88,10 @@ _NAME_FILE: Final = "tenant.name"
 # Upserting in slices keeps each engine call (and WAL record) bounded.
 _UPSERT_BATCH: Final = 512
 # The stubs type a fusion query as `Fusion`, but the value is its nested `Fusion.Rrf`.
-_RRF: Final = cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K))
+_FUSION: Final = {
+    "rrf": cast(qe.Fusion, qe.Fusion.Rrf(k=RRF_K)),
+    "dbsf": cast(qe.Fusion, qe.Fusion.Dbsf()),
+}
 # Points per engine call of warm_up: small slices, so the event loop gets turns between them.
 _WARM_UP_SLICE: Final = 256
 # Engine threads per store: searches are short and CPU-bound.
@@ -411,7 +414,7 @@ def _query_request(spec: SearchSpec) -> qe.QueryRequest:
             qe.Prefetch(limit=spec.prefetch_limit, query=dense, filter=flt),
             qe.Prefetch(limit=spec.prefetch_limit, query=sparse, filter=flt),
         ],
-        query=_RRF,
+        query=_FUSION[spec.fusion],
         filter=flt,
         with_payload=False,
     )

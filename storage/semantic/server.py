@@ -179,7 +179,8 @@ class ServerSemanticStore(SemanticStore):
                             query=sparse, using=SPARSE, filter=flt, limit=spec.prefetch_limit, params=idf
                         ),
                     ],
-                    query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+                    query=(models.RrfQuery(rrf=models.Rrf(k=RRF_K)) if spec.fusion == "rrf"
+                           else models.FusionQuery(fusion=models.Fusion.DBSF)),
                     query_filter=flt,
                     limit=spec.limit,
                     with_payload=True,

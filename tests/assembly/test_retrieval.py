@@ -229,18 +229,20 @@ async def test_exact_id_wins_and_second_hop_finds_the_linked_turn(
 
     # Only the first words of each hit expand the query ("My sister Maya ..." keeps "Maya").
     texts: list[str] = []
+    fusions: list[str] = []
     search_batch = runtime.semantic.search_batch
 
     async def recorded(tenant: str, scopes: Sequence[str], queries: Sequence[tuple[Sequence[float], str, int]],
                        *args: Any, **kwargs: Any) -> list[list[SemanticHit]]:
         texts.extend(text for _, text, _ in queries)
+        fusions.append(kwargs["fusion"])
         return await search_batch(tenant, scopes, queries, *args, **kwargs)
 
     monkeypatch.setattr(runtime.semantic, "search_batch", recorded)
-    trimmed = await _retrieve(
-        runtime, RetrievalConfig(pool=3, second_hop=3, second_hop_vector=hop_vector, second_hop_words=3), query, scopes
-    )
+    trimmed = await _retrieve(runtime, RetrievalConfig(
+        pool=3, second_hop=3, second_hop_vector=hop_vector, second_hop_words=3, fusion="dbsf"), query, scopes)
     assert lease in {h.chunk.event_id for h in trimmed}
+    assert fusions == ["dbsf", "dbsf"]  # both hops fuse the configured way
     first, second = texts
     assert first == query and second.startswith(query)
     assert len(second.split()) <= len(query.split()) + 3 * 3

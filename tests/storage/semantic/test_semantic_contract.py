@@ -226,3 +226,27 @@ async def test_prefetch_factor_sets_the_candidates_of_each_signal(store: Semanti
     assert {h.chunk.chunk_id for h in default} == {h.chunk.chunk_id for h in two} == {h.chunk.chunk_id for h in one}
     with pytest.raises(SemanticQueryError, match="prefetch_factor"):
         await store.search_batch("acme", ["session:1"], query, prefetch_factor=0)
+
+
+async def test_dbsf_keeps_a_far_lead_in_one_signal(store: SemanticStore) -> None:
+    rng = random.Random(11)
+    query = rand_vector(rng)
+    items = [make_chunk(f"filler note number {i} about the weather", near(query, rng, noise=0.6), source_id=f"f{i}")
+             for i in range(20)]
+    # A short note all about the word (BM25 far ahead, dense mid-pack), a long one that
+    # names it once and that dense ranks first, and six long notes that name it once.
+    lead = make_chunk("zebra zebra zebra crossing", near(query, rng, noise=0.6), source_id="lead")
+    first = make_chunk("a long and winding note " + " ".join(f"word{i}" for i in range(30)) + " zebra",
+                       near(query, rng, noise=0.2), source_id="dense-first")
+    items += [make_chunk("another long note " + " ".join(f"w{i}" for i in range(20)) + " zebra",
+                         near(query, rng, noise=0.6), source_id=f"z{j}") for j in range(6)]
+    items += [lead, first]
+    await store.upsert(items)
+    by_rank = await store.search("acme", ["session:1"], query, "zebra", limit=5)
+    by_score = await store.search("acme", ["session:1"], query, "zebra", limit=5, fusion="dbsf")
+    # RRF gives the far BM25 lead one rank's worth, which the dense ranks outweigh.
+    assert "lead" not in [h.chunk.source_id for h in by_rank[:2]]
+    assert [h.chunk.source_id for h in by_score[:2]] == ["lead", "dense-first"]
+    assert [h.score for h in by_score] == sorted((h.score for h in by_score), reverse=True)
+    with pytest.raises(SemanticQueryError, match="fusion"):
+        await store.search("acme", ["session:1"], query, "zebra", limit=5, fusion="max")  # type: ignore[arg-type]
