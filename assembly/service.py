@@ -430,6 +430,7 @@ class AssemblyService:
             max_item_share=c.retrieved_max_item_share,
             min_excerpt_tokens=c.retrieved_min_excerpt_tokens,
             max_excerpt_share=c.retrieved_max_excerpt_share,
+            speaker_prior=c.retrieved_speaker_prior,
         )
 
     def _freshness_class(self, kind: str) -> FreshnessClass:

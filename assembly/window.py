@@ -59,6 +59,7 @@ from ctxpipe.assembly.anthropic_format import (
 from ctxpipe.assembly.exceptions import BudgetTooSmallError
 from ctxpipe.assembly.excerpt import Sentences, query_terms
 from ctxpipe.assembly.models import SECTION_ORDER, SectionName
+from ctxpipe.assembly.speaker import off_topic_speaker
 from ctxpipe.processors.tokens import LocalTokenCounter, TokenCounter, truncate_to_tokens
 from ctxpipe.processors.types import Chunk
 from ctxpipe.core.events import EventKind, Role
@@ -126,6 +127,9 @@ class WindowConfig:
     # least ``min_excerpt_tokens`` of it fit (0: items are placed whole or not at all).
     min_excerpt_tokens: int = 24
     max_excerpt_share: float = 1.0
+    # A retrieved turn by the speaker the query is not about (assembly/speaker.py) ranks
+    # with its hybrid score times this (1.0: no prior).
+    speaker_prior: float = 1.0
 
 
 @dataclass(slots=True)
@@ -272,7 +276,9 @@ def build_window(
                 limit = 0
             recent_state.fill(section, budget, placed_events, limit=limit)
         else:
-            _fill_retrieved(section, hits, config, count, placed_events, now, query_terms(query_text))
+            _fill_retrieved(
+                section, hits, config, count, placed_events, now, query_terms(query_text), off_topic_speaker(query_text)
+            )
         remaining -= section.used_tokens
         # A "take what is left" section passes nothing on: its unused budget is still in `remaining`.
         carry = 0 if share >= 1.0 else max(0, nominal - section.used_tokens)
@@ -536,15 +542,26 @@ def recency_decay(age_s: float, half_life_s: float) -> float:
     return math.pow(0.5, max(0.0, age_s) / half_life_s)
 
 
-def rank_hits(hits: Sequence[Hit], config: WindowConfig, now: datetime) -> list[tuple[float, Hit]]:
-    """Hybrid score (normalized to the best hit) blended with an exponential recency decay."""
+def rank_hits(
+    hits: Sequence[Hit], config: WindowConfig, now: datetime, off_speaker: Role | None = None
+) -> list[tuple[float, Hit]]:
+    """Hybrid score (normalized to the best hit) blended with an exponential recency decay;
+    a conversation turn by ``off_speaker`` (the speaker the query is not about,
+    assembly/speaker.py) has its hybrid part scaled by ``config.speaker_prior``."""
     if not hits:
         return []
     top = max(h.score for h in hits) or 1.0
     w = config.recency_weight
+    prior = config.speaker_prior
+
+    def relevance(h: Hit) -> float:
+        c = h.chunk
+        off = off_speaker is not None and c.role is off_speaker and c.kind is EventKind.MESSAGE
+        return (h.score / top) * (prior if off else 1.0)
+
     ranked = [
         (
-            (1 - w) * (h.score / top)
+            (1 - w) * relevance(h)
             + w * recency_decay((now - h.chunk.occurred_at).total_seconds(), config.recency_half_life_s),
             h,
         )
@@ -563,6 +580,7 @@ def _fill_retrieved(
     placed_events: set[str],
     now: datetime,
     terms: frozenset[str],
+    off_speaker: Role | None = None,
 ) -> None:
     companions: dict[str, list[Hit]] = {}
     for h in hits:
@@ -570,7 +588,7 @@ def _fill_retrieved(
             companions.setdefault(h.anchor, []).append(h)
     # Companions never compete on their own: one that outranked the next hits would fill a
     # small window with turns that only complete hits that did not fit.
-    ranked = rank_hits([h for h in hits if h.anchor is None], config, now)
+    ranked = rank_hits([h for h in hits if h.anchor is None], config, now, off_speaker)
     shared = _PackingMemo(terms)
     packing = _Packing(section.budget_tokens, config, count, placed_events, companions, shared)
     packing.pack([(s, h, r) for r, (s, h) in enumerate(ranked)], defer=True)

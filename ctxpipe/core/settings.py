@@ -221,6 +221,13 @@ class AssemblySettings(_Group):
     # docs/context_quality.md ("Excerpts").
     retrieved_min_excerpt_tokens: int = Field(default=24, ge=0, le=100_000)
     retrieved_max_excerpt_share: float = Field(default=0.1, gt=0, le=1)
+    # A retrieved conversation turn by the speaker a query is not about (the assistant's,
+    # for a query in the first person that does not address it: "how long ago did I...")
+    # ranks with its hybrid score times this (1.0: no prior; assembly/speaker.py). On real
+    # conversations such replies echo the question and took ~45 % of a 512 window without
+    # holding the evidence: all 20 dev users 0.693 / 0.755 / 0.876 / 0.941 -> 0.794 / 0.884
+    # / 0.934 / 0.961 at 512 / 1k / 2k / 4k; 0.3 and 0.7 within 0.01 (docs/context_quality.md).
+    retrieved_speaker_prior: float = Field(default=0.5, ge=0, le=1)
     # One tool result in the recent turns is cut to this many tokens (with a note).
     max_tool_result_tokens: int = Field(default=512, ge=16)
     recent_fetch_limit: int = Field(default=200, gt=0)

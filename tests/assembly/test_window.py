@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 from ctxpipe.assembly.anthropic_format import RETRIEVED_HEADER, check_alternation, count_layout, stable_prefix_bytes
 from ctxpipe.assembly.exceptions import BudgetTooSmallError
 from ctxpipe.assembly.models import SECTION_ORDER, SectionName
-from ctxpipe.assembly.window import Hit, Summary, Window, WindowConfig, minimum_budget
+from ctxpipe.assembly.window import Hit, Summary, Window, WindowConfig, minimum_budget, rank_hits
 from ctxpipe.processors.types import Chunk
 from ctxpipe.core.events import EventKind, Role
 
-from support.window import CONFIG, COUNTER, build, chunk, conversation
+from support.window import CONFIG, COUNTER, NOW, build, chunk, conversation
 
 MIN_BUDGET = minimum_budget(CONFIG.system_prompt, COUNTER)
 
@@ -81,7 +81,8 @@ def _scope_state(draw: st.DrawFn) -> _ScopeState:
         "retrieved": 1.0,
     }
     return _ScopeState(recent=recent, facts=facts, hits=hits, summary=summary,
-                       query=draw(_words), shares=shares,
+                       # Sometimes about the user (the speaker prior applies), sometimes not.
+                       query=draw(st.sampled_from(["", "did I mention "])) + draw(_words), shares=shares,
                        fill_order=draw(st.sampled_from([SECTION_ORDER, _SUMMARY_LAST])),
                        recent_max_exchanges=draw(st.sampled_from([None, 0, 1, 2])),
                        max_item_share=draw(st.sampled_from([1.0, 0.3])))
@@ -93,6 +94,7 @@ def test_budget_never_exceeded_and_roles_alternate(state: _ScopeState, budget: i
     config = WindowConfig(
         system_prompt=CONFIG.system_prompt, shares=state.shares, fill_order=state.fill_order,
         recent_max_exchanges=state.recent_max_exchanges, max_item_share=state.max_item_share,
+        speaker_prior=0.5,
     )
     w = build(budget, config=config, query=state.query, facts=state.facts, summary=state.summary,
               recent=state.recent, hits=state.hits)
@@ -242,6 +244,26 @@ def test_recency_breaks_ties_between_equal_scores() -> None:
     hits = [_doc("old", "same topic a", 0.5, age_s=1e7), _doc("new", "same topic b", 0.5, age_s=10)]
     w = build(3000, hits=hits)
     assert [i.chunk.event_id for i in w.sections["retrieved"].items] == ["new", "old"]
+
+
+def test_a_query_about_the_user_ranks_the_assistants_turns_below_with_the_speaker_prior() -> None:
+    hits = [Hit(chunk("a", "your dog is a beagle, a lovely breed", role=Role.ASSISTANT, offset=1), 0.9),
+            Hit(chunk("u", "my dog Max is a beagle", role=Role.USER, offset=2), 0.6),
+            _doc("d", "beagles are a breed of dog", 0.8)]
+
+    def order(query: str, prior: float) -> list[str]:
+        w = build(3000, query=query, hits=hits, config=replace(CONFIG, speaker_prior=prior, recency_weight=0.0))
+        return [i.chunk.event_id for i in w.sections["retrieved"].items]
+
+    # Off (1.0): by score. On: only the assistant's turn moves, documents keep their score.
+    assert order("what breed is my dog?", 1.0) == ["a", "d", "u"]
+    assert order("what breed is my dog?", 0.5)[:1] == ["d"]
+    assert set(order("what breed is my dog?", 0.5)) == {"a", "d", "u"}
+    ranked = [h.chunk.event_id for _, h in rank_hits(hits, replace(CONFIG, speaker_prior=0.5, recency_weight=0.0),
+                                                     NOW, Role.ASSISTANT)]
+    assert ranked == ["d", "u", "a"]
+    # A query that addresses the assistant gets no prior.
+    assert order("what breed did you say my dog is?", 0.5) == order("what breed is my dog?", 1.0)
 
 
 # -- property: estimated item costs bound what is sent ----------------------------------
