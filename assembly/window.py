@@ -580,7 +580,7 @@ def _fill_retrieved(
     placed_events: set[str],
     now: datetime,
     terms: frozenset[str],
-    off_speaker: Role | None = None,
+    off_speaker: Role | None,
 ) -> None:
     companions: dict[str, list[Hit]] = {}
     for h in hits:
